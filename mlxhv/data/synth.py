@@ -246,7 +246,8 @@ def synth_example(rng: random.Random, domain: str, label: str, level: int, ex_id
 
 def _quota(n: int, weights: dict) -> list:
     """Exactly n keys in proportion to weights (largest remainder), in a fixed order."""
-    raw = {k: n * w for k, w in weights.items()}
+    total = sum(weights.values())
+    raw = {k: n * w / total for k, w in weights.items()}
     counts = {k: int(v) for k, v in raw.items()}
     for k in sorted(raw, key=lambda k: counts[k] - raw[k])[: n - sum(counts.values())]:
         counts[k] += 1
