@@ -1,8 +1,73 @@
-"""`mlxhv train …`. Placeholder until issue 7 lands."""
+"""`mlxhv train ppo`: options -> PPOSettings -> mlxhv.rl.trainer.train."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
 
 import click
+
+from cli.common import user_errors
 
 
 @click.group()
 def train():
-    """Train a judge (PPO with LoRA)."""
+    """Train a judge (PPO with LoRA and a value head)."""
+
+
+def _read_config(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+@train.command()
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON or YAML file of PPOSettings fields; command-line options override it.")
+@click.option("--model", help="Preset, hub id, mlx-lm directory or GGUF file (default smollm2-135m).")
+@click.option("--precision", type=click.Choice(["auto", "quantized", "float32", "bfloat16"]))
+@click.option("--train", "train_file", type=click.Path(path_type=Path), help="Training examples (JSONL).")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Holdout examples for periodic evaluation.")
+@click.option("--steps", type=int)
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (metrics, checkpoints, adapters).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--prompts-per-step", type=int)
+@click.option("--samples-per-prompt", type=int)
+@click.option("--max-new-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--lr", type=float)
+@click.option("--ppo-epochs", type=int)
+@click.option("--minibatch-size", type=int)
+@click.option("--kl-coef", type=float)
+@click.option("--save-every", type=int)
+@click.option("--eval-every", type=int)
+@click.option("--eval-limit", type=int)
+@click.option("--seed", type=int)
+@click.option("--print-config", is_flag=True, help="Print the resolved settings and exit.")
+def ppo(config, resume, print_config, train_file, **opts):
+    """Train with PPO: rollouts through the batched engine, correctness + calibration reward."""
+    from mlxhv.rl.trainer import PPOSettings, train as run_train
+
+    d = _read_config(config) if config else {}
+    if train_file is not None:
+        opts["train"] = str(train_file)
+    for k, v in opts.items():
+        if v is not None:
+            d[k] = str(v) if isinstance(v, Path) else v
+    with user_errors():
+        try:
+            settings = PPOSettings.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise click.ClickException(f"{config or 'options'}: {e}")
+        if print_config:
+            click.echo(json.dumps(asdict(settings), indent=2))
+            return
+        try:
+            state = run_train(settings, resume=resume)
+        except FileExistsError as e:
+            raise click.ClickException(str(e))
+    click.echo(f"done: step {state.step}, adapters in {settings.out} (skipped updates: {state.skipped_updates})")
