@@ -326,8 +326,8 @@ def evaluate_holdout(state: PPOState, examples, out_dir: Path) -> dict:
     from mlxhv.eval import EvalSettings, evaluate
 
     s = state.settings
-    es = EvalSettings(max_tokens=s.eval_max_tokens or s.max_new_tokens, temperature=0.0,
-                      batch_size=s.rollout_batch_size)
+    es = EvalSettings(model=s.model, max_tokens=s.eval_max_tokens or s.max_new_tokens, temperature=0.0,
+                      batch_size=s.rollout_batch_size, progress=False)
     run = evaluate(state.policy.model, state.tokenizer, examples, es, out_dir=out_dir)
     return run.metrics
 
