@@ -21,6 +21,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlxhv import _blas
 from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, save_adapters
 from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, explained_variance, gae, kl_penalised_rewards,
                           masked_whiten, ppo_loss)
@@ -60,6 +61,7 @@ class PPOSettings:
     kl_target: float | None = 1.0  # adaptive KL controller target (sequence KL, nats); None: fixed beta
     kl_horizon: int = 1000
     value_inner: int = 256
+    train_threads: int | None = 2  # OpenBLAS threads for the reference and update passes; None: leave as is
     seed: int = 0
     # bookkeeping
     save_every: int = 10
@@ -163,6 +165,8 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
 
     # 3. old log-probs and values (policy), reference log-probs (same weights, LoRA off)
     t1 = time.perf_counter()
+    if s.train_threads:
+        _blas.set_threads(s.train_threads)  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
     old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size)
     with lora_disabled(model):
         ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size)
