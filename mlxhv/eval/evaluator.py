@@ -1,0 +1,346 @@
+"""Batched evaluation of a judge model: prompts → engine → parser → predictions.jsonl → metrics.json, report.md.
+
+Files in the run directory:
+- `run.json` — what the predictions depend on (model, precision, adapter, generation settings, prompt hash);
+  a later run into the same directory must match it, or it refuses (`restart=True` starts over).
+- `predictions.jsonl` — one `Prediction` per example, appended after every engine batch (one write(2) per line,
+  fsync). Resuming: a partial last line from a killed run is cut (`repair_tail`), ids already present are
+  skipped, the rest are generated. So a rerun after a kill gives exactly one line per example.
+- `sessions.jsonl` — the engine's `GenerationStats` for each finished invocation, plus `n` examples; throughput
+  in metrics.json aggregates these (a killed invocation's examples are counted in quality metrics, not timing).
+- `metrics.json`, `report.md`, `reliability.png` (when matplotlib is installed) — rewritten at the end of each run.
+
+`latency_s` of a prediction is the wall time of the engine batch that produced it (batches run concurrently
+inside, so every example of a batch waits that long).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from pydantic import ValidationError
+
+from mlxhv.data.io import DataError, LineError, append_jsonl, iter_jsonl, pydantic_errors, repair_tail
+from mlxhv.eval.metrics import compute_metrics
+from mlxhv.prompts import SYSTEM_PROMPT, USER_TEMPLATE, parse_answer, prompt_opens_think, render_prompt
+from mlxhv.schema import Example, Prediction
+
+PREDICTIONS = "predictions.jsonl"
+SESSIONS = "sessions.jsonl"
+RUN_INFO = "run.json"
+METRICS = "metrics.json"
+REPORT = "report.md"
+RELIABILITY_PNG = "reliability.png"
+
+# Generation defaults per model family; every field can be overridden in EvalSettings.
+# QwQ-32B: the sampling its model card recommends (greedy decoding makes it loop) and room to think.
+# Small instruct models: greedy and a short budget (they do not reason at length).
+GENERATION_PRESETS = {
+    "qwq": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192},
+    "default": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 256},
+}
+
+# Fields of EvalSettings a resumed run must share with the run that wrote predictions.jsonl.
+RESUME_KEYS = ("model", "precision", "adapter_path", "max_tokens", "temperature", "top_p", "seed", "prompt_sha")
+
+
+class EvalError(Exception):
+    pass
+
+
+def generation_preset(model: str) -> dict:
+    """The generation defaults for a model name, path or preset (matched by family: 'qwq' in the name)."""
+    return dict(GENERATION_PRESETS["qwq" if "qwq" in str(model).lower() else "default"])
+
+
+def prompt_sha() -> str:
+    """A short hash of the prompt text, so a resumed run never mixes answers to two different prompts."""
+    return hashlib.sha256((SYSTEM_PROMPT + "\x00" + USER_TEMPLATE).encode()).hexdigest()[:12]
+
+
+@dataclass
+class EvalSettings:
+    """One evaluation job. None for a generation field means "the model preset's value" (`generation_preset`)."""
+
+    model: str = "smollm2-135m"
+    data: Optional[str] = None  # JSONL of Examples (used by run_eval; evaluate takes the examples directly)
+    out: Optional[str] = None  # run directory; None keeps everything in memory
+    precision: str = "auto"
+    adapter_path: Optional[str] = None
+    limit: Optional[int] = None  # a sample of N examples with the file's mix (`subset`)
+    batch_size: int = 16
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    seed: int = 0
+    threshold: float = 0.85  # accuracy below which RL is worth pursuing
+    restart: bool = False  # discard an existing run in `out` instead of resuming it
+    progress: bool = True
+    report_samples: int = 5  # wrong answers quoted in report.md
+
+    def resolved(self) -> "EvalSettings":
+        preset = generation_preset(self.model)
+        return dataclasses.replace(
+            self, **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in preset.items()})
+
+    def run_info(self) -> dict:
+        s = self.resolved()
+        return {**{k: getattr(s, k) for k in RESUME_KEYS if k != "prompt_sha"}, "prompt_sha": prompt_sha()}
+
+
+@dataclass
+class Run:
+    settings: EvalSettings
+    examples: list  # the evaluated examples, in file order
+    predictions: list  # one Prediction per example that has one, in example order
+    metrics: dict
+    sessions: list = field(default_factory=list)
+    out_dir: Optional[Path] = None
+
+
+def subset(examples: Sequence, limit: Optional[int], seed: int = 0) -> list:
+    """A deterministic sample of `limit` examples, in file order, that follows the file's mix of domains,
+    decisions and levels; all of them when limit is None or >= len.
+
+    Greedy proportional allocation over the three marginals at once: each pick takes the example minimising
+    Σ_m (picked_m[v] + 1) / count_m[v] over m ∈ {domain, decision, level} (v its value; D'Hondt divisors),
+    ties broken by a seeded shuffle. So 10 of the shipped 70-example holdout hold every domain twice, every
+    level and every decision, in about the file's proportions — a prefix would test one domain at one level.
+    """
+    import random
+    from collections import Counter
+
+    examples = list(examples)
+    if limit is None or limit >= len(examples):
+        return examples
+    if limit < 0:
+        raise EvalError(f"limit must be >= 0, got {limit}")
+
+    def keys(e):
+        return (("domain", e.metadata.domain), ("decision", e.expected_decision.value),
+                ("level", e.metadata.difficulty_level))
+
+    count = Counter(k for e in examples for k in keys(e))
+    picked: Counter = Counter()
+    rank = list(range(len(examples)))
+    random.Random(seed).shuffle(rank)
+    left = set(range(len(examples)))
+    chosen = []
+    for _ in range(limit):
+        best = min(left, key=lambda i: (sum((picked[k] + 1) / count[k] for k in keys(examples[i])), rank[i]))
+        left.remove(best)
+        chosen.append(best)
+        picked.update(keys(examples[best]))
+    return [examples[i] for i in sorted(chosen)]
+
+
+def _engine_settings(s: EvalSettings):
+    try:
+        from mlxhv.engine import GenerationSettings
+    except ImportError:  # only reachable with a stub generate_fn (tests): same fields, no engine
+        from types import SimpleNamespace as GenerationSettings
+
+    return GenerationSettings(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                              batch_size=s.batch_size)
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """Predictions in file order, first occurrence of each id kept; a bad line is a DataError naming it."""
+    preds, seen, errors = [], set(), []
+    for line_no, obj in iter_jsonl(path):
+        if isinstance(obj, LineError):
+            errors.append(obj)
+            continue
+        try:
+            p = Prediction.model_validate(obj)
+        except ValidationError as e:
+            errors.extend(pydantic_errors(e, str(path), line_no))
+            continue
+        if p.id not in seen:
+            seen.add(p.id)
+            preds.append(p)
+    if errors:
+        raise DataError(errors)
+    return preds
+
+
+def read_sessions(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [obj for _, obj in iter_jsonl(path) if isinstance(obj, dict)]
+
+
+@contextlib.contextmanager
+def _dir_lock(out_dir: Path):
+    """Refuse to let two processes append to the same run directory at once."""
+    import fcntl
+
+    fd = os.open(out_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EvalError(f"{out_dir}: another mlxhv eval is writing to this directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare_dir(out_dir: Path, settings: EvalSettings) -> None:
+    info_path = out_dir / RUN_INFO
+    info = settings.run_info()
+    if settings.restart:
+        for name in (PREDICTIONS, SESSIONS, METRICS, REPORT, RELIABILITY_PNG, RUN_INFO):
+            (out_dir / name).unlink(missing_ok=True)
+    if info_path.exists():
+        old = json.loads(info_path.read_text())
+        diff = [f"{k}: {old.get(k)!r} there, {info[k]!r} now" for k in RESUME_KEYS if old.get(k) != info[k]]
+        if diff:
+            raise EvalError(f"{info_path}: this directory holds a run with other settings ({'; '.join(diff)}); "
+                            "use another --out, or --restart to discard it")
+    elif (out_dir / PREDICTIONS).exists():
+        raise EvalError(f"{out_dir / PREDICTIONS}: exists without {RUN_INFO}; use another --out or --restart")
+    else:
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def evaluate(model, tokenizer, examples: Sequence[Example], settings: EvalSettings,
+             out_dir: Optional[os.PathLike] = None, generate_fn: Optional[Callable] = None) -> Run:
+    """Evaluate `model` on `examples` with the batched engine; resume from and write to `out_dir` if given.
+
+    `out_dir` defaults to `settings.out`. `generate_fn` defaults to `mlxhv.engine.generate` (tests pass a stub
+    with the same signature). `settings.limit` is applied here (`subset`).
+    """
+    settings = settings.resolved()
+    examples = subset(examples, settings.limit)
+    out_dir = Path(out_dir) if out_dir is not None else (Path(settings.out) if settings.out else None)
+    if generate_fn is None:
+        from mlxhv.engine import generate as generate_fn
+
+    lock = contextlib.nullcontext()
+    done: dict[str, Prediction] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _dir_lock(out_dir)
+    with lock:
+        if out_dir is not None:
+            _prepare_dir(out_dir, settings)
+            pred_path = out_dir / PREDICTIONS
+            if pred_path.exists():
+                repair_tail(pred_path)
+                wanted = {ex.id for ex in examples}
+                done = {p.id: p for p in read_predictions(pred_path) if p.id in wanted}
+        todo = [ex for ex in examples if ex.id not in done]
+        new_preds: dict[str, Prediction] = {}
+        session = None
+        if todo:
+            session = _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, len(done),
+                                len(examples))
+            if out_dir is not None:
+                append_jsonl(out_dir / SESSIONS, [session])
+
+        by_id = {**done, **new_preds}
+        predictions = [by_id[ex.id] for ex in examples if ex.id in by_id]
+        sessions = read_sessions(out_dir / SESSIONS) if out_dir is not None else ([session] if session else [])
+        metrics = compute_metrics(examples, predictions, sessions)
+        metrics["threshold"] = settings.threshold
+        run = Run(settings, examples, predictions, metrics, sessions, out_dir)
+        if out_dir is not None:
+            write_outputs(run)
+    return run
+
+
+def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, n_done, n_total) -> dict:
+    prompts = [render_prompt(tokenizer, ex) for ex in todo]
+    in_think = prompt_opens_think(tokenizer, prompts[0])
+    bar = None
+    if settings.progress:
+        from tqdm.auto import tqdm
+
+        # examples/s even below 1/s (tqdm would flip to s/ex), then generated tok/s as the postfix
+        fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+        bar = tqdm(total=n_total, initial=n_done, unit="ex", desc=f"eval {Path(str(settings.model)).name}",
+                   dynamic_ncols=True, bar_format=fmt)
+    t0 = last = time.perf_counter()
+    gen_tokens = 0
+
+    def on_batch(indices, completions):
+        nonlocal last, gen_tokens
+        now = time.perf_counter()
+        batch_s, last = now - last, now
+        preds = []
+        for i, c in zip(indices, completions):
+            ex = todo[i]
+            parsed = parse_answer(c.text, in_think=in_think)
+            preds.append(Prediction(
+                id=ex.id, decision=parsed.decision, confidence=parsed.confidence,
+                refined_hypothesis=parsed.refined_hypothesis, raw=c.text, prompt_tokens=c.prompt_tokens,
+                completion_tokens=len(c.tokens), truncated=c.finish_reason == "length", latency_s=round(batch_s, 4)))
+            gen_tokens += len(c.tokens)
+        if out_dir is not None:
+            append_jsonl(out_dir / PREDICTIONS, preds)
+        for p in preds:
+            new_preds[p.id] = p
+        if bar is not None:
+            bar.update(len(preds))
+            bar.set_postfix_str(f"{gen_tokens / max(now - t0, 1e-9):.1f} tok/s", refresh=True)
+
+    try:
+        _, stats = generate_fn(model, tokenizer, prompts, _engine_settings(settings), progress=False,
+                               on_batch=on_batch)
+    finally:
+        if bar is not None:
+            bar.close()
+    missing = [ex.id for ex in todo if ex.id not in new_preds]
+    if missing:
+        raise EvalError(f"the engine returned no completion for {len(missing)} example(s), e.g. {missing[0]}")
+    s = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(vars(stats))
+    return {"n": len(todo), "batch_size": settings.batch_size, **s, "finished_at": time.time()}
+
+
+def write_outputs(run: Run) -> None:
+    """metrics.json (atomic), report.md and reliability.png in the run directory."""
+    from mlxhv.eval.report import format_report, plot_reliability
+
+    out = run.out_dir
+    tmp = out / (METRICS + ".tmp")
+    tmp.write_text(json.dumps(run.metrics, indent=2) + "\n")
+    os.replace(tmp, out / METRICS)
+    has_plot = plot_reliability(run.metrics["reliability"], out / RELIABILITY_PNG,
+                                title=f"{run.settings.model} (n={run.metrics['n']})")
+    (out / REPORT).write_text(format_report(run, plot=RELIABILITY_PNG if has_plot else None))
+
+
+def run_eval(settings: EvalSettings, generate_fn: Optional[Callable] = None) -> Run:
+    """Load the data and the model named in `settings`, then `evaluate` (what `mlxhv eval` runs)."""
+    from mlxhv.data.io import load_examples
+    from mlxhv.models import load
+
+    if not settings.data:
+        raise EvalError("no data file given")
+    examples = load_examples(settings.data)
+    model, tokenizer = load(settings.model, precision=settings.precision, adapter_path=settings.adapter_path)
+    return evaluate(model, tokenizer, examples, settings, generate_fn=generate_fn)
+
+
+def load_run(run_dir: os.PathLike) -> tuple[dict, dict]:
+    """(run.json, metrics.json) of a finished run directory, for `mlxhv compare`."""
+    run_dir = Path(run_dir)
+    m = run_dir / METRICS
+    if not m.exists():
+        raise EvalError(f"{m}: no such file (run `mlxhv eval --out {run_dir}` first)")
+    info_path = run_dir / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    try:
+        metrics = json.loads(m.read_text())
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{m}:{e.lineno}: malformed JSON: {e.msg}") from None
+    return info, metrics

@@ -1,0 +1,239 @@
+"""Judge metrics as plain functions. Inputs are parallel lists: gold decisions, predicted decisions (a decision or
+"INVALID"), stated confidences (float or None).
+
+Conventions (one place, used everywhere):
+- INVALID — an output the parser could not read — is a prediction, and always a wrong one: it lowers accuracy and
+  recall, and appears as its own column of the confusion matrix. It is not a class: it has no precision/F1 row.
+- The *scored confidence* of a prediction is its stated confidence, or 0.0 when it has none (INVALID, or a
+  decision without a number). `ece` and `brier` use it over every example: a judge that fails to answer is
+  treated as having said "I don't know" — wrong with confidence 0 — so it costs accuracy, not calibration.
+  `ece_answered` and `brier_answered` are the same metrics over only the predictions with both a decision and a
+  confidence (None when there are none): the calibration of what the judge actually stated.
+- Brier is the *top-label binary* Brier score: mean over examples of (q − c)², q the scored confidence in the
+  predicted decision, c = 1 if that decision is right else 0. Range [0, 1]; 0 is perfect. It is the penalty term
+  of the RLCR calibration reward (DESIGN.md), so eval and RL measure the same thing. (Not the multi-class Brier,
+  which would need a full distribution over the three decisions; the judge states one number.)
+- ECE is top-label expected calibration error with `n_bins` (15) equal-width bins: bin b holds confidences in
+  [b/n, (b+1)/n), the last bin also holds 1.0; ECE = Σ_b (n_b / N) · |acc_b − conf_b|, where acc_b is the share
+  correct and conf_b the mean confidence in bin b.
+- Per-class precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2TP / (2TP + FP + FN); each is None when
+  its denominator is 0. An INVALID prediction of a class-k example is a false negative for k. Macro-F1 is the mean
+  F1 over the classes whose F1 is defined (those present in the gold labels or the predictions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Iterable, Optional, Sequence
+
+from mlxhv.schema import DECISIONS, INVALID
+
+N_BINS = 15
+
+
+def _mean(xs: Sequence[float]) -> Optional[float]:
+    return sum(xs) / len(xs) if xs else None
+
+
+def correctness(gold: Sequence[str], pred: Sequence[str]) -> list[bool]:
+    """Per-example correctness: the predicted decision equals the gold one (INVALID never does)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} labels, pred has {len(pred)}")
+    return [p != INVALID and p == g for g, p in zip(gold, pred)]
+
+
+def scored_confidences(pred: Sequence[str], confidence: Sequence[Optional[float]]) -> list[float]:
+    """Stated confidence, or 0.0 for INVALID predictions and decisions stated without a confidence."""
+    return [0.0 if (p == INVALID or c is None) else float(c) for p, c in zip(pred, confidence)]
+
+
+def accuracy(gold: Sequence[str], pred: Sequence[str]) -> Optional[float]:
+    """Share of examples whose predicted decision equals the gold one; INVALID counts as wrong. None if empty."""
+    ok = correctness(gold, pred)
+    return _mean([float(x) for x in ok])
+
+
+def parse_failure_rate(pred: Sequence[str]) -> Optional[float]:
+    """Share of predictions that are INVALID. None if empty."""
+    return _mean([float(p == INVALID) for p in pred])
+
+
+def per_class_prf(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str] = DECISIONS) -> dict:
+    """{class: {precision, recall, f1, support, predicted}} — formulas and None rules in the module doc."""
+    correctness(gold, pred)  # length check
+    out = {}
+    for k in classes:
+        tp = sum(1 for g, p in zip(gold, pred) if g == k and p == k)
+        fp = sum(1 for g, p in zip(gold, pred) if g != k and p == k)
+        fn = sum(1 for g, p in zip(gold, pred) if g == k and p != k)
+        out[k] = {
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            "support": tp + fn,
+            "predicted": tp + fp,
+        }
+    return out
+
+
+def macro_f1(per_class: dict) -> Optional[float]:
+    """Mean of the per-class F1 values that are defined (see `per_class_prf`); None if none is."""
+    return _mean([v["f1"] for v in per_class.values() if v["f1"] is not None])
+
+
+def confusion_matrix(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str] = DECISIONS) -> dict:
+    """{gold class: {predicted class or INVALID: count}} — rows are gold labels, with an INVALID column."""
+    counts = Counter(zip(gold, pred))
+    return {g: {p: counts[(g, p)] for p in (*classes, INVALID)} for g in classes}
+
+
+def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS) -> list[dict]:
+    """Equal-width bins over [0, 1]: [{lo, hi, count, accuracy, confidence}] (accuracy/confidence None if empty)."""
+    if len(confidence) != len(correct):
+        raise ValueError(f"{len(confidence)} confidences vs {len(correct)} correctness flags")
+    members: list[list[int]] = [[] for _ in range(n_bins)]
+    for i, q in enumerate(confidence):
+        if not 0.0 <= q <= 1.0 or math.isnan(q):
+            raise ValueError(f"confidence {q} outside [0, 1]")
+        members[min(int(q * n_bins), n_bins - 1)].append(i)
+    return [
+        {
+            "lo": b / n_bins,
+            "hi": (b + 1) / n_bins,
+            "count": len(m),
+            "accuracy": _mean([float(correct[i]) for i in m]),
+            "confidence": _mean([confidence[i] for i in m]),
+        }
+        for b, m in enumerate(members)
+    ]
+
+
+def ece(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS) -> Optional[float]:
+    """Top-label expected calibration error: Σ_b (n_b/N)·|acc_b − conf_b| over equal-width bins. None if empty."""
+    n = len(confidence)
+    if n == 0:
+        return None
+    return sum(
+        b["count"] / n * abs(b["accuracy"] - b["confidence"])
+        for b in reliability_bins(confidence, correct, n_bins) if b["count"]
+    )
+
+
+def brier(confidence: Sequence[float], correct: Sequence[bool]) -> Optional[float]:
+    """Top-label binary Brier score: mean of (q − 1[correct])². None if empty."""
+    if len(confidence) != len(correct):
+        raise ValueError(f"{len(confidence)} confidences vs {len(correct)} correctness flags")
+    return _mean([(q - float(c)) ** 2 for q, c in zip(confidence, correct)])
+
+
+def mean_confidence_by_outcome(confidence: Sequence[Optional[float]], correct: Sequence[bool]) -> dict:
+    """{'right': mean stated confidence of correct predictions, 'wrong': … of wrong ones}; predictions without a
+    stated confidence are left out; None where a group is empty."""
+    right = [q for q, c in zip(confidence, correct) if q is not None and c]
+    wrong = [q for q, c in zip(confidence, correct) if q is not None and not c]
+    return {"right": _mean(right), "wrong": _mean(wrong)}
+
+
+def quality_metrics(gold: Sequence[str], pred: Sequence[str], confidence: Sequence[Optional[float]],
+                    n_bins: int = N_BINS) -> dict:
+    """Every accuracy and calibration metric over one set of examples (no breakdowns)."""
+    ok = correctness(gold, pred)
+    scored = scored_confidences(pred, confidence)
+    answered = [i for i, (p, c) in enumerate(zip(pred, confidence)) if p != INVALID and c is not None]
+    ans_conf = [scored[i] for i in answered]
+    ans_ok = [ok[i] for i in answered]
+    prf = per_class_prf(gold, pred)
+    by_outcome = mean_confidence_by_outcome(
+        [None if p == INVALID else c for p, c in zip(pred, confidence)], ok)
+    return {
+        "n": len(gold),
+        "accuracy": accuracy(gold, pred),
+        "parse_failure_rate": parse_failure_rate(pred),
+        "macro_f1": macro_f1(prf),
+        "per_class": prf,
+        "confusion": confusion_matrix(gold, pred),
+        "ece": ece(scored, ok, n_bins),
+        "brier": brier(scored, ok),
+        "n_answered": len(answered),
+        "ece_answered": ece(ans_conf, ans_ok, n_bins),
+        "brier_answered": brier(ans_conf, ans_ok),
+        "mean_confidence_right": by_outcome["right"],
+        "mean_confidence_wrong": by_outcome["wrong"],
+    }
+
+
+def _breakdown_row(m: dict) -> dict:
+    keep = ("n", "accuracy", "parse_failure_rate", "macro_f1", "ece", "brier",
+            "mean_confidence_right", "mean_confidence_wrong")
+    return {k: m[k] for k in keep}
+
+
+def cost_metrics(predictions: Sequence, sessions: Iterable[dict] = ()) -> dict:
+    """Output length and throughput.
+
+    From the predictions: mean output tokens, share truncated by the token budget (finish reason "length"),
+    mean prompt tokens. From the engine's per-session stats (`sessions`, dicts of GenerationStats fields plus
+    `n`): total wall time, peak memory, and token-weighted prompt and generation tok/s
+    (Σ tokens / Σ tokens/tps over sessions) and examples/s (Σ n / Σ wall_s). A session killed before it
+    reported adds nothing here; `n_timed` says how many examples the throughput figures cover.
+    """
+    out = {
+        "mean_output_tokens": _mean([p.completion_tokens for p in predictions]),
+        "mean_prompt_tokens": _mean([p.prompt_tokens for p in predictions]),
+        "truncated_rate": _mean([float(p.truncated) for p in predictions]),
+    }
+    sessions = list(sessions)
+    pt = sum(s["prompt_tokens"] for s in sessions)
+    gt = sum(s["generation_tokens"] for s in sessions)
+    p_time = sum(s["prompt_tokens"] / s["prompt_tps"] for s in sessions if s.get("prompt_tps"))
+    g_time = sum(s["generation_tokens"] / s["generation_tps"] for s in sessions if s.get("generation_tps"))
+    wall = sum(s["wall_s"] for s in sessions)
+    n_timed = sum(s.get("n", 0) for s in sessions)
+    out.update({
+        "n_timed": n_timed,
+        "prompt_tps": pt / p_time if p_time else None,
+        "generation_tps": gt / g_time if g_time else None,
+        "wall_s": wall if sessions else None,
+        "examples_per_s": n_timed / wall if wall else None,
+        "peak_memory_gb": max((s.get("peak_memory_gb") or 0.0 for s in sessions), default=None),
+    })
+    return out
+
+
+def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterable[dict] = (),
+                    n_bins: int = N_BINS) -> dict:
+    """All metrics of a run: overall, `by_domain`, `by_level`, and cost/throughput (see `cost_metrics`).
+
+    Predictions are matched to examples by id; examples without a prediction are counted in `n_missing` and
+    left out of every metric; a prediction whose id is not among the examples is an error.
+    """
+    by_id = {ex.id: ex for ex in examples}
+    preds, seen = [], set()
+    for p in predictions:
+        if p.id not in by_id:
+            raise ValueError(f"prediction id {p.id!r} is not among the {len(by_id)} examples")
+        if p.id in seen:
+            raise ValueError(f"two predictions for id {p.id!r}")
+        seen.add(p.id)
+        preds.append(p)
+    exs = [by_id[p.id] for p in preds]
+    gold = [ex.expected_decision.value for ex in exs]
+    pred = [p.decision.value if hasattr(p.decision, "value") else str(p.decision) for p in preds]
+    conf = [p.confidence for p in preds]
+
+    out = quality_metrics(gold, pred, conf, n_bins)
+    out["n_examples"] = len(by_id)
+    out["n_missing"] = len(by_id) - len(preds)
+    for key, attr in (("by_domain", lambda e: e.metadata.domain), ("by_level", lambda e: e.metadata.difficulty_level)):
+        groups: dict = {}
+        for i, ex in enumerate(exs):
+            groups.setdefault(attr(ex), []).append(i)
+        out[key] = {
+            str(g): _breakdown_row(quality_metrics([gold[i] for i in idx], [pred[i] for i in idx],
+                                                   [conf[i] for i in idx], n_bins))
+            for g, idx in sorted(groups.items())
+        }
+    out["reliability"] = reliability_bins(scored_confidences(pred, conf), correctness(gold, pred), n_bins)
+    out.update(cost_metrics(preds, sessions))
+    return out

@@ -1,0 +1,186 @@
+"""The evaluator's files, resume after a kill, settings guard, and the compare CLI — with a stub engine."""
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from mlxhv.data import synth_examples
+from mlxhv.eval import EvalError, EvalSettings, evaluate, format_compare, generation_preset, read_predictions, verdict
+from mlxhv.eval.report import NOT_NEEDED, WORTH
+from tests.test_prompts import FakeTokenizer
+
+
+@dataclass
+class FakeCompletion:
+    text: str
+    tokens: list
+    logprobs: list = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+
+
+@dataclass
+class FakeStats:
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_tps: float = 100.0
+    generation_tps: float = 10.0
+    wall_s: float = 1.0
+    peak_memory_gb: float = 0.5
+
+
+class Killed(Exception):
+    pass
+
+
+class StubEngine:
+    """generate(): batches in reverse order (like a length sort would), answers chosen from the prompt length;
+    raises Killed after `kill_after` batches, having streamed them."""
+
+    ANSWERS = ['{"decision": "VALIDATED", "confidence": 0.9}', 'REJECTED, confidence 0.6',
+               '{"decision": "REFINED", "confidence": 0.7, "refined_hypothesis": "x"}', "no idea"]
+
+    def __init__(self, kill_after=None):
+        self.kill_after = kill_after
+        self.asked = []
+
+    def __call__(self, model, tokenizer, prompts, settings, progress=False, on_batch=None):
+        self.asked.append(len(prompts))
+        order = list(range(len(prompts)))[::-1]
+        out = [None] * len(prompts)
+        for b, start in enumerate(range(0, len(order), settings.batch_size)):
+            if self.kill_after is not None and b == self.kill_after:
+                raise Killed()
+            idx = order[start:start + settings.batch_size]
+            comps = []
+            for i in idx:
+                text = self.ANSWERS[len(prompts[i]) % 4]
+                comps.append(FakeCompletion(text, list(range(len(text) // 4)), prompt_tokens=len(prompts[i]),
+                                            finish_reason="length" if text == "no idea" else "stop"))
+            for i, c in zip(idx, comps):
+                out[i] = c
+            if on_batch:
+                on_batch(idx, comps)
+        n_gen = sum(len(c.tokens) for c in out)
+        return out, FakeStats(sum(len(p) for p in prompts), n_gen)
+
+
+def _settings(**kw):
+    return EvalSettings(model="stub", batch_size=3, progress=False, **kw)
+
+
+def test_presets():
+    assert generation_preset("qwq-32b") == {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192}
+    assert generation_preset("mlx-community/QwQ-32B-4bit")["temperature"] == 0.6
+    assert generation_preset("smollm2-135m") == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 256}
+    s = EvalSettings(model="qwq-32b", max_tokens=1000).resolved()
+    assert (s.max_tokens, s.temperature, s.top_p) == (1000, 0.6, 0.95)  # overrides win
+
+
+def test_in_memory_run():
+    exs = synth_examples(7, seed=1)
+    run = evaluate(None, FakeTokenizer(), exs, _settings(), generate_fn=StubEngine())
+    assert [p.id for p in run.predictions] == [e.id for e in exs]
+    assert run.out_dir is None and run.metrics["n"] == 7 and run.metrics["n_timed"] == 7
+
+
+def test_resume_after_kill_gives_one_prediction_per_example(tmp_path):
+    exs = synth_examples(10, seed=0)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=out, generate_fn=StubEngine(kill_after=2))
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # two batches of 3 were streamed before the kill
+    assert not (out / "metrics.json").exists()
+    with open(out / "predictions.jsonl", "a") as f:  # a kill in the middle of a write leaves half a line
+        f.write('{"id": "' + exs[0].id + '", "decis')
+
+    engine = StubEngine()
+    run = evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=out, generate_fn=engine)
+    assert engine.asked == [4]  # only the missing examples were generated
+    ids = [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(e.id for e in exs) and len(ids) == 10
+    assert [p.id for p in run.predictions] == [e.id for e in exs]
+    for name in ("metrics.json", "report.md", "reliability.png", "run.json", "sessions.jsonl"):
+        assert (out / name).exists(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 10 and m["n_missing"] == 0 and m["n_timed"] == 4
+
+    # a third run has nothing to do and rewrites the same metrics
+    engine = StubEngine()
+    run2 = evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=out, generate_fn=engine)
+    assert engine.asked == [] and run2.metrics["accuracy"] == m["accuracy"]
+    assert len(read_predictions(out / "predictions.jsonl")) == 10
+
+
+def test_prediction_fields(tmp_path):
+    exs = synth_examples(8, seed=2)
+    run = evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path, generate_fn=StubEngine())
+    by_raw = {p.raw: p for p in run.predictions}
+    if "no idea" in by_raw:
+        p = by_raw["no idea"]
+        assert p.decision == "INVALID" and p.truncated and p.confidence is None
+    for p in run.predictions:
+        assert p.prompt_tokens > 0 and p.completion_tokens == len(p.raw) // 4 and p.latency_s >= 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Per class" in report and "## By difficulty level" in report and "verdict" in report
+
+
+def test_limit_and_settings_guard(tmp_path):
+    exs = synth_examples(6, seed=0)
+    run = evaluate(None, FakeTokenizer(), exs, _settings(limit=4), out_dir=tmp_path, generate_fn=StubEngine())
+    assert run.metrics["n"] == 4 and run.metrics["n_examples"] == 4
+    with pytest.raises(EvalError, match="max_tokens: 256 there, 99 now"):
+        evaluate(None, FakeTokenizer(), exs, _settings(max_tokens=99), out_dir=tmp_path, generate_fn=StubEngine())
+    engine = StubEngine()
+    run = evaluate(None, FakeTokenizer(), exs, _settings(max_tokens=99, restart=True), out_dir=tmp_path,
+                   generate_fn=engine)
+    assert engine.asked == [6] and run.metrics["n"] == 6
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_verdict_and_compare(tmp_path):
+    assert verdict(0.84) == WORTH and verdict(0.85) == NOT_NEEDED and verdict(None) == WORTH
+    assert verdict(0.9, threshold=0.95) == WORTH
+    exs = synth_examples(9, seed=4)
+    for name in ("a", "b"):
+        evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path / name, generate_fn=StubEngine())
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for needle in ("| accuracy |", "VALIDATED", "**accuracy by level**", "**accuracy by domain**",
+                   "generation tok/s", "Verdict: RL is worth pursuing"):
+        assert needle in out, needle
+    assert out.splitlines()[0].startswith("|  | a | b |")
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), "--threshold", "0.01"])
+    assert "Verdict: not needed" in result.output
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "metrics.json: no such file" in result.output
+
+
+def test_format_compare_without_accuracy():
+    assert "no run has an accuracy" in format_compare([("x", {"accuracy": None})])
+
+
+def test_subset_follows_the_mix_and_is_deterministic():
+    from collections import Counter
+
+    from mlxhv.eval.evaluator import subset
+
+    exs = synth_examples(60, seed=5)
+    assert subset(exs, None) == exs and subset(exs, 60) == exs and subset(exs, 0) == []
+    sub = subset(exs, 12)
+    assert len(sub) == 12 and sub == subset(exs, 12) and len({e.id for e in sub}) == 12
+    pos = {e.id: i for i, e in enumerate(exs)}
+    assert [pos[e.id] for e in sub] == sorted(pos[e.id] for e in sub)  # file order kept
+    for attr in (lambda e: e.metadata.domain, lambda e: e.expected_decision.value,
+                 lambda e: e.metadata.difficulty_level):
+        full, part = Counter(map(attr, exs)), Counter(map(attr, sub))
+        assert set(part) == set(full)  # every value is in
+        for v in full:  # and each within one of its proportional share
+            assert abs(part[v] - 12 * full[v] / 60) <= 1.0 + 1e-9, (v, part[v], full[v])
+    with pytest.raises(EvalError):
+        subset(exs, -1)
