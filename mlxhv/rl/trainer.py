@@ -392,5 +392,5 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
 
 
 def _eval_summary(m: dict) -> dict:
-    keys = ("accuracy", "ece", "brier", "macro_f1", "parse_failure_rate")
+    keys = ("accuracy", "ece", "brier", "ece_answered", "brier_answered", "macro_f1", "parse_failure_rate")
     return {k: m.get(k) for k in keys if k in m}
