@@ -71,3 +71,16 @@ def ppo(config, resume, print_config, train_file, **opts):
         except FileExistsError as e:
             raise click.ClickException(str(e))
     click.echo(f"done: step {state.step}, adapters in {settings.out} (skipped updates: {state.skipped_updates})")
+
+
+@train.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="PNG path (default RUN_DIR/curves.png).")
+def plot(run_dir, out):
+    """Draw the training curves of a PPO run (needs matplotlib)."""
+    from mlxhv.rl.plot import plot_run
+
+    path = plot_run(run_dir, out)
+    if path is None:
+        raise click.ClickException("matplotlib is not installed: pip install 'mlxhv[plots]'")
+    click.echo(str(path))

