@@ -1,0 +1,37 @@
+"""LoRA PPO for the judge, written in MLX to be read against the papers.
+
+Modules: `reward` (correctness + calibration + format), `lora` (adapters in mlx-lm's format), `value` (value
+head, one forward pass for logits and values), `rollout` (engine samples laid out for the update), `ppo` (GAE,
+clipped surrogate, clipped value loss, adaptive KL), `trainer` (the loop, checkpoints, resume), `plot`.
+
+What we follow — PPO (Schulman et al. 2017), cleanrl's ppo.py and "The N implementation details of RLHF with
+PPO" (Huang et al.): score added at the final token plus a per-token KL penalty against the reference; adaptive
+KL controller (Ziegler et al. 2019); GAE; advantage whitening; clipped surrogate; clipped value loss; entropy
+bonus; several epochs over shuffled minibatches; gradient clipping; AdamW; dropout off during rollouts and
+updates; logits divided by the sampling temperature when computing log-probs; value head initialised at zero;
+a penalty for answers that never end (truncation); EOS kept as the last response token and padding told apart by
+length, never by id (SmolLM2 uses id 2 for both).
+
+Where we depart, and why:
+1. **One model in memory.** The reference policy is the same weights with every LoRA adapter switched off
+   (`lora.lora_disabled`), not a second copy (TRL, mlx-lm-lora) — half the memory, and exact: at step 0 the
+   policy *is* the reference, KL = 0.
+2. **A reward function, not a reward model.** The task has a gold label, so the score is computed
+   (`reward.reward`: decision correctness + 1 − Brier of the stated confidence, RLCR-style; −1 for unparseable
+   answers), not learned.
+3. **The critic reads `stop_gradient(h)`.** The value head sits on the policy's final hidden states but its loss
+   does not flow into the LoRA weights (TRL shares the trunk). With a few dozen samples per step a noisy critic
+   otherwise drags the policy. `vf_coef` then only scales the head's own learning rate.
+4. **Old log-probs and values are recomputed** by a full forward pass after the rollout rather than taken from
+   the sampler; the engine's log-probs agree to 1e-4, but recomputing makes the ratio exactly 1 at the first
+   minibatch regardless of KV-cache numerics.
+5. **Reward whitening is off by default** (`whiten_rewards`): our score has a fixed, known scale, and whitening a
+   batch of 8-16 scores amplifies noise. Advantages are whitened.
+6. **No `mx.compile`** over the update: sequence shapes change every minibatch (response lengths), so compiled
+   graphs would be rebuilt each time; a peer's report of compiled LoRA steps treating adapters as constants is
+   another reason (DESIGN.md). Tests check that gradients reach the adapters.
+7. **Non-finite steps are skipped**: one sync per minibatch reads the loss and gradient norm before the update is
+   applied; a NaN/Inf step is counted (`skipped_updates`) and never applied.
+8. **KL target in nats per answer** (sequence KL, Ziegler's definition) with a short horizon (1000 samples):
+   our runs are tens of steps, not thousands.
+"""
