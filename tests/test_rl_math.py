@@ -102,19 +102,21 @@ def test_adaptive_kl_controller():
     assert fixed.update(50.0, 10) == 0.1
 
 
-@pytest.mark.parametrize("decision, conf, gold, truncated, expected", [
-    ("VALIDATED", 1.0, "VALIDATED", False, 1.0 + 0.5 * 1.0),
-    ("VALIDATED", 0.8, "VALIDATED", False, 1.0 + 0.5 * (1 - 0.04)),
-    ("REJECTED", 0.8, "VALIDATED", False, 0.5 * (1 - 0.64)),
-    ("REJECTED", 1.0, "VALIDATED", False, 0.0),          # a confident wrong answer costs most
-    ("REJECTED", 0.0, "VALIDATED", False, 0.5),
-    ("REFINED", None, "REFINED", False, 1.0 + 0.5 * 0.75),  # missing confidence -> 0.5
-    ("INVALID", None, "REFINED", False, -1.0),
-    ("INVALID", None, "REFINED", True, -1.5),
-    ("REFINED", 0.9, "REFINED", True, 1.0 + 0.5 * 0.99 - 0.5),
+@pytest.mark.parametrize("decision, conf, gold, truncated, json_format, expected", [
+    ("VALIDATED", 1.0, "VALIDATED", False, True, 1.0 + 0.5 * 1.0),
+    ("VALIDATED", 0.8, "VALIDATED", False, True, 1.0 + 0.5 * (1 - 0.04)),
+    ("REJECTED", 0.8, "VALIDATED", False, True, 0.5 * (1 - 0.64)),
+    ("REJECTED", 1.0, "VALIDATED", False, True, 0.0),          # a confident wrong answer costs most
+    ("REJECTED", 0.0, "VALIDATED", False, True, 0.5),
+    ("REFINED", None, "REFINED", False, True, 1.0),            # no confidence: no calibration credit
+    ("REFINED", None, "REFINED", False, False, 0.5),           # prose, read by the fallback: format penalty
+    ("REJECTED", None, "REFINED", False, False, -0.5),
+    ("INVALID", None, "REFINED", False, True, -1.0),
+    ("INVALID", None, "REFINED", True, True, -1.5),
+    ("REFINED", 0.9, "REFINED", True, True, 1.0 + 0.5 * 0.99 - 0.5),
 ])
-def test_reward_table(decision, conf, gold, truncated, expected):
-    assert reward(decision, conf, gold, truncated, RewardSettings()) == pytest.approx(expected)
+def test_reward_table(decision, conf, gold, truncated, json_format, expected):
+    assert reward(decision, conf, gold, truncated, RewardSettings(), json_format) == pytest.approx(expected)
 
 
 def test_lora_step0_equals_base_and_reference_switch():

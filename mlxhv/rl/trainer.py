@@ -305,7 +305,8 @@ def judge_score_fn(examples, reward_settings: RewardSettings):
     def score(i: int, completion) -> tuple[float, dict]:
         p = parse_answer(completion.text)
         gold = examples[i].expected_decision.value
-        r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings)
+        r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings,
+                   json_format=p.method == "json")
         return r, {"accuracy": p.decision == gold, "invalid_frac": not p.is_valid, "_conf": p.confidence,
                    "_correct": p.decision == gold, "_valid": p.is_valid}
 
