@@ -99,7 +99,8 @@ def iter_jsonl(path: PathLike) -> Iterator[tuple[int, Any | LineError]]:
                 yield line_no, LineError(str(path), line_no, "", f"malformed JSON: {e.msg} (column {e.colno})")
 
 
-def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True) -> tuple[list, list[LineError]]:
+def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True,
+                 allow_empty: bool = False) -> tuple[list, list[LineError]]:
     """Parse every line of `path` as `model`; return (records, errors) — all errors, not just the first."""
     records, errors, seen = [], [], {}
     path_s = str(path)
@@ -124,7 +125,7 @@ def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True
                 continue
             seen[rid] = line_no
         records.append(rec)
-    if n_lines == 0 and not errors:
+    if n_lines == 0 and not errors and not allow_empty:
         errors.append(LineError(path_s, 0, "", "empty file: no records"))
     return records, errors
 

@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from pydantic import ValidationError
-
-from mlxhv.data.io import DataError, LineError, append_jsonl, iter_jsonl, pydantic_errors, repair_tail
+from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail
 from mlxhv.eval.metrics import compute_metrics
 from mlxhv.prompts import SYSTEM_PROMPT, USER_TEMPLATE, parse_answer, prompt_opens_think, render_prompt
 from mlxhv.schema import Example, Prediction
@@ -154,21 +152,14 @@ def _engine_settings(s: EvalSettings):
 
 def read_predictions(path: Path) -> list[Prediction]:
     """Predictions in file order, first occurrence of each id kept; a bad line is a DataError naming it."""
-    preds, seen, errors = [], set(), []
-    for line_no, obj in iter_jsonl(path):
-        if isinstance(obj, LineError):
-            errors.append(obj)
-            continue
-        try:
-            p = Prediction.model_validate(obj)
-        except ValidationError as e:
-            errors.extend(pydantic_errors(e, str(path), line_no))
-            continue
+    records, errors = read_records(path, Prediction, unique_ids=False, allow_empty=True)
+    if errors:
+        raise DataError(errors)
+    preds, seen = [], set()
+    for p in records:
         if p.id not in seen:
             seen.add(p.id)
             preds.append(p)
-    if errors:
-        raise DataError(errors)
     return preds
 
 
