@@ -41,15 +41,18 @@ def _model_errors():
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="Accuracy below which RL is worth pursuing.")
 @click.option("--restart", is_flag=True, help="Discard an existing run in --out instead of resuming it.")
+@click.option("--answer-prefix", default="", metavar="TEXT",
+              help='Text that opens every answer (prefill); "json" means {"decision": " so a small model answers '
+                   'in the format at once. Compare runs only at the same prefix.')
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, seed, precision, adapter_path,
-          threshold, restart, quiet):
+          threshold, restart, answer_prefix, quiet):
     """Benchmark a judge model on a dataset with the batched engine (resumable)."""
     settings = EvalSettings(
         model=model, data=str(data), out=str(out), precision=precision,
         adapter_path=str(adapter_path) if adapter_path else None, limit=limit, batch_size=batch_size,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, threshold=threshold,
-        restart=restart, progress=not quiet)
+        restart=restart, progress=not quiet, answer_prefix=answer_prefix)
     with user_errors():
         try:
             run = run_eval(settings)

@@ -73,16 +73,37 @@ def build_messages(example: Example, system_prompt: str = SYSTEM_PROMPT) -> list
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-def render_prompt(tokenizer, example: Example, system_prompt: str = SYSTEM_PROMPT) -> list[int]:
-    """Token ids of the example's messages in the model's chat template, ending with the generation prompt."""
+# An answer prefix ("prefill") opens the assistant's turn with the start of the JSON answer, so the model's first
+# token is the decision. Small models that cannot follow the format on their own then always answer, and ECE
+# measures their calibration instead of counting refusals as "confidence 0, wrong". No reasoning happens before
+# the answer, so it is for small non-reasoning judges; models whose template opens <think> reject it.
+JSON_ANSWER_PREFIX = '{"decision": "'
+
+
+def resolve_answer_prefix(value: str | None) -> str:
+    """Settings and the CLI accept "json" as a name for JSON_ANSWER_PREFIX; anything else is used as given."""
+    return JSON_ANSWER_PREFIX if value == "json" else (value or "")
+
+
+def render_prompt(tokenizer, example: Example, system_prompt: str = SYSTEM_PROMPT,
+                  answer_prefix: str = "") -> list[int]:
+    """Token ids of the example's messages in the model's chat template, ending with the generation prompt
+    and then `answer_prefix` (the opening of the assistant's answer; the parser reads prefix + completion)."""
     messages = build_messages(example, system_prompt)
     try:
         from mlxhv.models import apply_chat_template
     except ImportError:  # the loader is optional for callers that bring their own tokenizer
         apply_chat_template = None
     if apply_chat_template is not None:
-        return list(apply_chat_template(tokenizer, messages))
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        ids = list(apply_chat_template(tokenizer, messages))
+    else:
+        ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    if answer_prefix:
+        if prompt_opens_think(tokenizer, ids):
+            raise ValueError("answer_prefix: this model's chat template opens a <think> block; an answer prefix "
+                             "would land inside its reasoning. Leave it empty for reasoning models.")
+        ids += list(tokenizer.encode(answer_prefix, add_special_tokens=False))
+    return ids
 
 
 def prompt_opens_think(tokenizer, prompt_ids: list[int]) -> bool:

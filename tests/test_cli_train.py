@@ -29,9 +29,11 @@ def test_train_one_step_then_resume(smollm_dir, tmp_path):
             "--save-every", "1", "--precision", "float32"]
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"holdout": None}))
-    r = CliRunner().invoke(main, args + ["--config", str(cfg), "--steps", "1"])
+    # a spent wall-clock budget makes the first step the last one: checkpoint and adapters at step 1, not 3
+    r = CliRunner().invoke(main, args + ["--config", str(cfg), "--steps", "3", "--max-minutes", "0"])
     assert r.exit_code == 0, r.output
     assert (out / "checkpoints" / "step-000001" / "adapters.safetensors").exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     r = CliRunner().invoke(main, args + ["--config", str(cfg), "--steps", "2"])  # no --resume: refused
     assert r.exit_code != 0 and "--resume" in r.output
     r = CliRunner().invoke(main, args + ["--config", str(cfg), "--steps", "2", "--resume"])

@@ -184,3 +184,30 @@ def test_subset_follows_the_mix_and_is_deterministic():
             assert abs(part[v] - 12 * full[v] / 60) <= 1.0 + 1e-9, (v, part[v], full[v])
     with pytest.raises(EvalError):
         subset(exs, -1)
+
+
+class PrefixEngine:
+    """Continues a JSON answer prefix: REJECTED at 0.4 for every prompt; remembers the prompts it saw."""
+
+    def __call__(self, model, tokenizer, prompts, settings, progress=False, on_batch=None):
+        self.prompts = prompts
+        comps = [FakeCompletion('REJECTED", "confidence": 0.4}', [1, 2, 3], prompt_tokens=len(p)) for p in prompts]
+        if on_batch:
+            on_batch(list(range(len(prompts))), comps)
+        return comps, FakeStats(sum(len(p) for p in prompts), 3 * len(prompts))
+
+
+def test_answer_prefix_is_prompted_parsed_and_guarded(tmp_path):
+    exs = synth_examples(4, seed=0)
+    engine = PrefixEngine()
+    run = evaluate(None, FakeTokenizer(), exs, _settings(answer_prefix="json"), out_dir=tmp_path, generate_fn=engine)
+    prefix = '{"decision": "'
+    assert all(FakeTokenizer().decode(p).endswith("<|assistant|>" + prefix) for p in engine.prompts)
+    assert [(p.decision, p.confidence) for p in run.predictions] == [("REJECTED", 0.4)] * 4
+    assert all(p.raw == prefix + 'REJECTED", "confidence": 0.4}' for p in run.predictions)
+    gold_rejected = sum(e.expected_decision.value == "REJECTED" for e in exs)
+    assert run.metrics["accuracy"] == gold_rejected / 4 and run.metrics["parse_failure_rate"] == 0.0
+    with pytest.raises(EvalError, match="answer_prefix"):  # a run in tmp_path was made with the prefix
+        evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path, generate_fn=engine)
+    with pytest.raises(EvalError, match="think"):
+        evaluate(None, FakeTokenizer(think=True), exs, _settings(answer_prefix="json"), generate_fn=engine)

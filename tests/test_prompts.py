@@ -4,8 +4,8 @@ import pytest
 
 from mlxhv.data import synth_examples
 from mlxhv.prompts import (
-    SYSTEM_PROMPT, build_messages, json_objects, normalize_confidence, normalize_decision, parse_answer,
-    prompt_opens_think, render_prompt,
+    JSON_ANSWER_PREFIX, SYSTEM_PROMPT, build_messages, json_objects, normalize_confidence, normalize_decision,
+    parse_answer, prompt_opens_think, render_prompt, resolve_answer_prefix,
 )
 from mlxhv.schema import INVALID
 
@@ -31,7 +31,7 @@ class FakeTokenizer:
     def __init__(self, think=False):
         self.think = think
 
-    def encode(self, text):
+    def encode(self, text, add_special_tokens=True):
         return [ord(c) for c in text]
 
     def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **kw):
@@ -50,6 +50,20 @@ def test_render_prompt_and_think_detection():
     assert not prompt_opens_think(FakeTokenizer(), ids)
     ids = render_prompt(FakeTokenizer(think=True), ex)
     assert prompt_opens_think(FakeTokenizer(think=True), ids)
+
+
+def test_answer_prefix_opens_the_answer():
+    ex = synth_examples(1, seed=0)[0]
+    tok = FakeTokenizer()
+    plain = render_prompt(tok, ex)
+    ids = render_prompt(tok, ex, answer_prefix=resolve_answer_prefix("json"))
+    assert ids == plain + tok.encode('{"decision": "')
+    assert resolve_answer_prefix("Answer: ") == "Answer: " and resolve_answer_prefix(None) == ""
+    # the parser reads prefix + completion as one JSON answer
+    p = parse_answer(JSON_ANSWER_PREFIX + 'REJECTED", "confidence": 0.35}')
+    assert (p.decision, p.confidence, p.method) == ("REJECTED", 0.35, "json")
+    with pytest.raises(ValueError, match="think"):
+        render_prompt(FakeTokenizer(think=True), ex, answer_prefix=JSON_ANSWER_PREFIX)
 
 
 QWQ = """Okay, let me look at the evidence. Evidence 1 is background. The hypothesis might be REJECTED if \

@@ -101,3 +101,21 @@ def test_select_prompts_covers_each_epoch():
     seen = [i for step in range(1, 6) for i in select_prompts(10, 4, seed=1, step=step)]
     assert sorted(seen[:10]) == list(range(10))  # first epoch: every example once
     assert select_prompts(10, 4, 1, 3) == select_prompts(10, 4, 1, 3)
+
+
+def test_judge_score_reads_the_answer_prefix():
+    from mlxhv.data import synth_examples
+    from mlxhv.prompts import JSON_ANSWER_PREFIX
+    from mlxhv.rl.reward import RewardSettings
+    from mlxhv.rl.trainer import judge_score_fn
+
+    s = PPOSettings(answer_prefix="json")
+    assert s.answer_prefix == JSON_ANSWER_PREFIX
+    ex = synth_examples(1, seed=0)[0]
+    gold = ex.expected_decision.value
+    score = judge_score_fn([ex], RewardSettings(), s.answer_prefix)
+    r, info = score(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}', finish_reason="stop"))
+    assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2)) and info["accuracy"]  # JSON, right, q = 0.8
+    r, info = judge_score_fn([ex], RewardSettings())(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}',
+                                                                        finish_reason="stop"))
+    assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised

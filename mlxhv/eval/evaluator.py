@@ -28,7 +28,8 @@ from typing import Callable, Optional, Sequence
 
 from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail
 from mlxhv.eval.metrics import compute_metrics
-from mlxhv.prompts import SYSTEM_PROMPT, USER_TEMPLATE, parse_answer, prompt_opens_think, render_prompt
+from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, parse_answer, prompt_opens_think, render_prompt,
+                           resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
 
 PREDICTIONS = "predictions.jsonl"
@@ -47,7 +48,8 @@ GENERATION_PRESETS = {
 }
 
 # Fields of EvalSettings a resumed run must share with the run that wrote predictions.jsonl.
-RESUME_KEYS = ("model", "precision", "adapter_path", "max_tokens", "temperature", "top_p", "seed", "prompt_sha")
+RESUME_KEYS = ("model", "precision", "adapter_path", "max_tokens", "temperature", "top_p", "seed", "answer_prefix",
+               "prompt_sha")
 
 
 class EvalError(Exception):
@@ -83,6 +85,10 @@ class EvalSettings:
     restart: bool = False  # discard an existing run in `out` instead of resuming it
     progress: bool = True
     report_samples: int = 5  # wrong answers quoted in report.md
+    answer_prefix: str = ""  # opens the assistant's answer (prompts.JSON_ANSWER_PREFIX); parsed with the completion
+
+    def __post_init__(self):
+        self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
 
     def resolved(self) -> "EvalSettings":
         preset = generation_preset(self.model)
@@ -250,7 +256,10 @@ def evaluate(model, tokenizer, examples: Sequence[Example], settings: EvalSettin
 
 
 def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, n_done, n_total) -> dict:
-    prompts = [render_prompt(tokenizer, ex) for ex in todo]
+    try:
+        prompts = [render_prompt(tokenizer, ex, answer_prefix=settings.answer_prefix) for ex in todo]
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     in_think = prompt_opens_think(tokenizer, prompts[0])
     bar = None
     if settings.progress:
@@ -270,10 +279,11 @@ def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds,
         preds = []
         for i, c in zip(indices, completions):
             ex = todo[i]
-            parsed = parse_answer(c.text, in_think=in_think)
+            raw = settings.answer_prefix + c.text
+            parsed = parse_answer(raw, in_think=in_think)
             preds.append(Prediction(
                 id=ex.id, decision=parsed.decision, confidence=parsed.confidence,
-                refined_hypothesis=parsed.refined_hypothesis, raw=c.text, prompt_tokens=c.prompt_tokens,
+                refined_hypothesis=parsed.refined_hypothesis, raw=raw, prompt_tokens=c.prompt_tokens,
                 completion_tokens=len(c.tokens), truncated=c.finish_reason == "length", latency_s=round(batch_s, 4)))
             gen_tokens += len(c.tokens)
         if out_dir is not None:

@@ -40,6 +40,7 @@ class PPOSettings:
     out: str = "runs/ppo"
     # schedule
     steps: int = 20
+    max_minutes: float | None = None  # wall-clock budget: the first step begun after it is spent is the last one
     prompts_per_step: int = 8
     samples_per_prompt: int = 2  # k answers per prompt
     ppo_epochs: int = 2
@@ -49,6 +50,7 @@ class PPOSettings:
     temperature: float = 0.7
     top_p: float = 1.0
     rollout_batch_size: int = 16
+    answer_prefix: str = ""  # opens every answer, in rollouts and holdout evaluation (prompts.JSON_ANSWER_PREFIX)
     # optimisation
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -71,6 +73,11 @@ class PPOSettings:
     lora: LoRASettings = field(default_factory=LoRASettings)
     loss: PPOLossSettings = field(default_factory=PPOLossSettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
+
+    def __post_init__(self):
+        from mlxhv.prompts import resolve_answer_prefix
+
+        self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PPOSettings":
@@ -297,13 +304,13 @@ def select_prompts(n_examples: int, per_step: int, seed: int, step: int) -> list
 # ---------------------------------------------------------------- the judge task
 
 
-def judge_score_fn(examples, reward_settings: RewardSettings):
-    """score_fn for the hypothesis-validation task: parse the answer, then `reward.reward`."""
+def judge_score_fn(examples, reward_settings: RewardSettings, answer_prefix: str = ""):
+    """score_fn for the hypothesis-validation task: parse prefix + answer, then `reward.reward`."""
     from mlxhv.prompts import parse_answer
     from mlxhv.rl.reward import reward
 
     def score(i: int, completion) -> tuple[float, dict]:
-        p = parse_answer(completion.text)
+        p = parse_answer(answer_prefix + completion.text)
         gold = examples[i].expected_decision.value
         r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings,
                    json_format=p.method == "json")
@@ -336,7 +343,7 @@ def evaluate_holdout(state: PPOState, examples, out_dir: Path) -> dict:
 
     s = state.settings
     es = EvalSettings(model=s.model, max_tokens=s.eval_max_tokens or s.max_new_tokens, temperature=0.0,
-                      batch_size=s.rollout_batch_size, progress=False)
+                      batch_size=s.rollout_batch_size, progress=False, answer_prefix=s.answer_prefix)
     run = evaluate(state.policy.model, state.tokenizer, examples, es, out_dir=out_dir)
     return run.metrics
 
@@ -361,7 +368,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
     model, tokenizer = load(s.model, precision=s.precision)
     train_examples = load_examples(s.train)
     holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []
-    prompts = [render_prompt(tokenizer, e) for e in train_examples]
+    prompts = [render_prompt(tokenizer, e, answer_prefix=s.answer_prefix) for e in train_examples]
     state = init_state(model, tokenizer, s)
     if ckpt is not None:
         load_checkpoint(state, ckpt)
@@ -370,10 +377,12 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
         m = evaluate_holdout(state, holdout, out / "eval-step-000000")
         _log(out / "metrics.jsonl", {"step": 0, "eval": _eval_summary(m)})
 
-    score_all = judge_score_fn(train_examples, s.reward)
+    score_all = judge_score_fn(train_examples, s.reward, s.answer_prefix)
     bar = tqdm(range(state.step + 1, s.steps + 1), desc="ppo", disable=not progress, initial=state.step,
                total=s.steps)
+    t_start = time.perf_counter()
     for step in bar:
+        last = step == s.steps or (s.max_minutes is not None and time.perf_counter() - t_start > s.max_minutes * 60)
         idx = select_prompts(len(train_examples), s.prompts_per_step, s.seed, step)
         step_prompts = [prompts[i] for i in idx]
         infos: list[dict] = []
@@ -386,13 +395,15 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
         metrics = ppo_iteration(state, step_prompts, score, step)
         conf = [i["_conf"] if (i["_valid"] and i["_conf"] is not None) else 0.0 for i in infos]
         metrics["ece"] = ece(conf, [i["_correct"] for i in infos])
-        if holdout and ((s.eval_every and step % s.eval_every == 0) or step == s.steps):
+        if holdout and ((s.eval_every and step % s.eval_every == 0) or last):
             metrics["eval"] = _eval_summary(evaluate_holdout(state, holdout, out / f"eval-step-{step:06d}"))
         _log(out / "metrics.jsonl", metrics)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
                         kl=f"{metrics['kl']:.3f}")
-        if step % s.save_every == 0 or step == s.steps:
+        if step % s.save_every == 0 or last:
             save_checkpoint(state, out)
+        if last:
+            break
     from mlxhv.rl.plot import plot_run
 
     plot_run(out)
