@@ -44,15 +44,17 @@ def _model_errors():
 @click.option("--answer-prefix", default="", metavar="TEXT",
               help='Text that opens every answer (prefill); "json" means {"decision": " so a small model answers '
                    'in the format at once. Compare runs only at the same prefix.')
+@click.option("--system-prompt", "system_prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file holding a variant of the judge's system prompt (default: the built-in one).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, seed, precision, adapter_path,
-          threshold, restart, answer_prefix, quiet):
+          threshold, restart, answer_prefix, system_prompt_file, quiet):
     """Benchmark a judge model on a dataset with the batched engine (resumable)."""
     settings = EvalSettings(
         model=model, data=str(data), out=str(out), precision=precision,
         adapter_path=str(adapter_path) if adapter_path else None, limit=limit, batch_size=batch_size,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, threshold=threshold,
-        restart=restart, progress=not quiet, answer_prefix=answer_prefix)
+        restart=restart, progress=not quiet, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file)
     with user_errors():
         try:
             run = run_eval(settings)

@@ -40,6 +40,8 @@ def _read_config(path: Path) -> dict:
 @click.option("--samples-per-prompt", type=int)
 @click.option("--max-new-tokens", type=int)
 @click.option("--temperature", type=float)
+@click.option("--system-prompt", "system_prompt_file", type=click.Path(exists=True, dir_okay=False),
+              help="A file holding a variant of the judge's system prompt.")
 @click.option("--answer-prefix", metavar="TEXT", help='Opens every answer (prefill); "json": {"decision": "')
 @click.option("--lr", type=float)
 @click.option("--ppo-epochs", type=int)

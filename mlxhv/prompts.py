@@ -80,6 +80,21 @@ def build_messages(example: Example, system_prompt: str = SYSTEM_PROMPT) -> list
 JSON_ANSWER_PREFIX = '{"decision": "'
 
 
+def load_system_prompt(path: str | None) -> str:
+    """The system prompt: SYSTEM_PROMPT, or the text of the file at `path` (a prompt variant for a run)."""
+    if not path:
+        return SYSTEM_PROMPT
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: system prompt file not found")
+    text = p.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError(f"{path}: system prompt file is empty")
+    return text
+
+
 def resolve_answer_prefix(value: str | None) -> str:
     """Settings and the CLI accept "json" as a name for JSON_ANSWER_PREFIX; anything else is used as given."""
     return JSON_ANSWER_PREFIX if value == "json" else (value or "")

@@ -211,3 +211,20 @@ def test_answer_prefix_is_prompted_parsed_and_guarded(tmp_path):
         evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path, generate_fn=engine)
     with pytest.raises(EvalError, match="think"):
         evaluate(None, FakeTokenizer(think=True), exs, _settings(answer_prefix="json"), generate_fn=engine)
+
+
+def test_system_prompt_file_is_used_and_guarded(tmp_path):
+    exs = synth_examples(2, seed=0)
+    variant = tmp_path / "prompt.txt"
+    variant.write_text("Judge it. Answer in JSON.\n")
+    engine = PrefixEngine()
+    out = tmp_path / "run"
+    evaluate(None, FakeTokenizer(), exs, _settings(system_prompt_file=str(variant)), out_dir=out, generate_fn=engine)
+    assert all(FakeTokenizer().decode(p).startswith("<|system|>Judge it. Answer in JSON.<|user|>")
+               for p in engine.prompts)
+    variant.write_text("Another prompt.")  # same file name, other text: the prompt hash tells them apart
+    with pytest.raises(EvalError, match="prompt_sha"):
+        evaluate(None, FakeTokenizer(), exs, _settings(system_prompt_file=str(variant)), out_dir=out,
+                 generate_fn=engine)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        _settings(system_prompt_file=str(tmp_path / "missing.txt")).run_info()

@@ -28,8 +28,8 @@ from typing import Callable, Optional, Sequence
 
 from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail
 from mlxhv.eval.metrics import compute_metrics
-from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, parse_answer, prompt_opens_think, render_prompt,
-                           resolve_answer_prefix)
+from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, parse_answer, prompt_opens_think,
+                           render_prompt, resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
 
 PREDICTIONS = "predictions.jsonl"
@@ -61,9 +61,9 @@ def generation_preset(model: str) -> dict:
     return dict(GENERATION_PRESETS["qwq" if "qwq" in str(model).lower() else "default"])
 
 
-def prompt_sha() -> str:
+def prompt_sha(system_prompt: str = SYSTEM_PROMPT) -> str:
     """A short hash of the prompt text, so a resumed run never mixes answers to two different prompts."""
-    return hashlib.sha256((SYSTEM_PROMPT + "\x00" + USER_TEMPLATE).encode()).hexdigest()[:12]
+    return hashlib.sha256((system_prompt + "\x00" + USER_TEMPLATE).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -85,6 +85,7 @@ class EvalSettings:
     restart: bool = False  # discard an existing run in `out` instead of resuming it
     progress: bool = True
     report_samples: int = 5  # wrong answers quoted in report.md
+    system_prompt_file: Optional[str] = None  # a variant of prompts.SYSTEM_PROMPT, read from this file
     answer_prefix: str = ""  # opens the assistant's answer (prompts.JSON_ANSWER_PREFIX); parsed with the completion
 
     def __post_init__(self):
@@ -97,7 +98,8 @@ class EvalSettings:
 
     def run_info(self) -> dict:
         s = self.resolved()
-        return {**{k: getattr(s, k) for k in RESUME_KEYS if k != "prompt_sha"}, "prompt_sha": prompt_sha()}
+        return {**{k: getattr(s, k) for k in RESUME_KEYS if k != "prompt_sha"},
+                "prompt_sha": prompt_sha(load_system_prompt(s.system_prompt_file))}
 
 
 @dataclass
@@ -257,7 +259,8 @@ def evaluate(model, tokenizer, examples: Sequence[Example], settings: EvalSettin
 
 def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, n_done, n_total) -> dict:
     try:
-        prompts = [render_prompt(tokenizer, ex, answer_prefix=settings.answer_prefix) for ex in todo]
+        system_prompt = load_system_prompt(settings.system_prompt_file)
+        prompts = [render_prompt(tokenizer, ex, system_prompt, answer_prefix=settings.answer_prefix) for ex in todo]
     except ValueError as e:
         raise EvalError(str(e)) from None
     in_think = prompt_opens_think(tokenizer, prompts[0])

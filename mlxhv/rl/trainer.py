@@ -50,6 +50,7 @@ class PPOSettings:
     temperature: float = 0.7
     top_p: float = 1.0
     rollout_batch_size: int = 16
+    system_prompt_file: str | None = None  # a variant of prompts.SYSTEM_PROMPT (rollouts and holdout evaluation)
     answer_prefix: str = ""  # opens every answer, in rollouts and holdout evaluation (prompts.JSON_ANSWER_PREFIX)
     # optimisation
     lr: float = 5e-5
@@ -343,7 +344,8 @@ def evaluate_holdout(state: PPOState, examples, out_dir: Path) -> dict:
 
     s = state.settings
     es = EvalSettings(model=s.model, max_tokens=s.eval_max_tokens or s.max_new_tokens, temperature=0.0,
-                      batch_size=s.rollout_batch_size, progress=False, answer_prefix=s.answer_prefix)
+                      batch_size=s.rollout_batch_size, progress=False, answer_prefix=s.answer_prefix,
+                      system_prompt_file=s.system_prompt_file)
     run = evaluate(state.policy.model, state.tokenizer, examples, es, out_dir=out_dir)
     return run.metrics
 
@@ -355,7 +357,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
     from mlxhv.data.io import load_examples
     from mlxhv.eval.metrics import ece
     from mlxhv.models import load
-    from mlxhv.prompts import render_prompt
+    from mlxhv.prompts import load_system_prompt, render_prompt
 
     s = settings
     out = Path(s.out)
@@ -365,10 +367,11 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
 
+    system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
     train_examples = load_examples(s.train)
     holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []
-    prompts = [render_prompt(tokenizer, e, answer_prefix=s.answer_prefix) for e in train_examples]
+    prompts = [render_prompt(tokenizer, e, system_prompt, answer_prefix=s.answer_prefix) for e in train_examples]
     state = init_state(model, tokenizer, s)
     if ckpt is not None:
         load_checkpoint(state, ckpt)
