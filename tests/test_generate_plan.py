@@ -184,3 +184,30 @@ def test_ledger_prices_and_costs():
     assert led.cost("local") is None and led.total_cost() is None
     back = Ledger.from_json(json.loads(json.dumps(led.to_json())), {"o1": (15.0, 60.0)})
     assert back.usage["o1"].reasoning_tokens == 400_000 and back.usage["local"].requests == 1
+
+
+def test_read_done_checks_each_line_against_the_plan(tmp_path):
+    from mlxhv.data import synth_examples
+    from mlxhv.data.io import DataError
+    from mlxhv.generate.examples import read_done
+    from mlxhv.generate.plan import PlanItem
+
+    a, b, c = synth_examples(3, seed=0)
+    item = lambda ex, **kw: PlanItem(**{"id": ex.id, "domain": ex.metadata.domain,  # noqa: E731
+                                        "level": ex.metadata.difficulty_level,
+                                        "decision": ex.expected_decision.value, "topic_id": "t", "topic_title": "T",
+                                        **kw})
+    items = [item(a), item(b, level=4 if b.metadata.difficulty_level != 4 else 3)]
+    out = tmp_path / "examples.jsonl"
+    lines = [a.model_dump_json(), b.model_dump_json(), c.model_dump_json(), a.model_dump_json(), "{oops"]
+    out.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        read_done(out, items)
+    got = [(err.line, err.field) for err in e.value.errors]
+    assert got == [(2, "metadata"), (3, "id"), (4, "id"), (5, "")]
+    msgs = [str(err) for err in e.value.errors]
+    assert "the plan has" in msgs[0] and "is not in this plan" in msgs[1] and "first on line 1" in msgs[2]
+    out.write_text(a.model_dump_json() + "\n")
+    assert list(read_done(out, items)) == [a.id]
+    out.write_text("")
+    assert read_done(out, items) == {}

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from pydantic import BaseModel, ValidationError
 
@@ -99,9 +99,11 @@ def iter_jsonl(path: PathLike) -> Iterator[tuple[int, Any | LineError]]:
                 yield line_no, LineError(str(path), line_no, "", f"malformed JSON: {e.msg} (column {e.colno})")
 
 
-def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True,
-                 allow_empty: bool = False) -> tuple[list, list[LineError]]:
-    """Parse every line of `path` as `model`; return (records, errors) — all errors, not just the first."""
+def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True, allow_empty: bool = False,
+                 check: Optional[Callable[[Any], Optional[tuple[str, str]]]] = None) -> tuple[list, list[LineError]]:
+    """Parse every line of `path` as `model`; return (records, errors) — all errors, not just the first.
+
+    `check(record)` may return (field, message) to reject a valid record with an error at its line."""
     records, errors, seen = [], [], {}
     path_s = str(path)
     n_lines = 0
@@ -124,6 +126,10 @@ def read_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True
                 errors.append(LineError(path_s, line_no, "id", f"duplicate id {rid!r} (first on line {seen[rid]})"))
                 continue
             seen[rid] = line_no
+        problem = check(rec) if check is not None else None
+        if problem is not None:
+            errors.append(LineError(path_s, line_no, *problem))
+            continue
         records.append(rec)
     if n_lines == 0 and not errors and not allow_empty:
         errors.append(LineError(path_s, 0, "", "empty file: no records"))

@@ -36,11 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from mlxhv.data.io import (
-    DataError, LineError, OutputExists, append_jsonl, iter_jsonl, load_records, pydantic_errors, repair_tail,
+    DataError, LineError, OutputExists, append_jsonl, load_records, read_records, repair_tail,
 )
 from mlxhv.generate.client import (
     APIFailure, ClientSettings, ReplyError, call_json, make_client, redact, schema_instructions,
@@ -105,35 +104,22 @@ def make_plan(settings: GenerateSettings) -> tuple[list[Topic], list[PlanItem], 
 def read_done(out: Path, items: list[PlanItem]) -> dict[str, Example]:
     """The examples already in `out`, checked against the plan; raises DataError listing every problem."""
     by_id = {it.id: it for it in items}
-    done: dict[str, Example] = {}
-    first_line: dict[str, int] = {}
-    errors: list[LineError] = []
-    for line_no, obj in iter_jsonl(out):
-        if isinstance(obj, LineError):
-            errors.append(obj)
-            continue
-        try:
-            ex = Example.model_validate(obj)
-        except ValidationError as e:
-            errors.extend(pydantic_errors(e, str(out), line_no))
-            continue
+
+    def against_plan(ex: Example):
         item = by_id.get(ex.id)
         if item is None:
-            errors.append(LineError(str(out), line_no, "id", f"{ex.id!r} is not in this plan"))
-        elif ex.id in done:
-            errors.append(LineError(str(out), line_no, "id", f"duplicate id {ex.id!r} (first on line "
-                                                             f"{first_line[ex.id]})"))
-        elif (ex.metadata.domain, ex.metadata.difficulty_level, ex.expected_decision.value) != (
+            return "id", f"{ex.id!r} is not in this plan"
+        if (ex.metadata.domain, ex.metadata.difficulty_level, ex.expected_decision.value) != (
                 item.domain, item.level, item.decision):
-            errors.append(LineError(str(out), line_no, "metadata", f"{ex.id} is {ex.metadata.domain} level "
-                                    f"{ex.metadata.difficulty_level} {ex.expected_decision.value}, the plan has "
-                                    f"{item.domain} level {item.level} {item.decision}"))
-        else:
-            done[ex.id] = ex
-            first_line[ex.id] = line_no
+            return "metadata", (f"{ex.id} is {ex.metadata.domain} level {ex.metadata.difficulty_level} "
+                                f"{ex.expected_decision.value}, the plan has {item.domain} level {item.level} "
+                                f"{item.decision}")
+        return None
+
+    records, errors = read_records(out, Example, allow_empty=True, check=against_plan)
     if errors:
         raise DataError(errors)
-    return done
+    return {ex.id: ex for ex in records}
 
 
 def open_output(settings: GenerateSettings, items: list[PlanItem], fingerprint: str) -> dict[str, Example]:
