@@ -12,6 +12,7 @@ from cli.common import user_errors
 from mlxhv.data import (
     compute_stats, format_stats, load_examples, stratified_split, synth_examples, validate_files, write_jsonl,
 )
+from mlxhv.data.synth import parse_decision_weights
 from mlxhv.data.io import OutputExists
 from mlxhv.schema import SCHEMAS, json_schema
 
@@ -77,12 +78,18 @@ def split(file, holdout, seed, out_dir, force):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
 @click.option("--levels", default="1,2,3,4", show_default=True, help="Comma-separated curriculum levels.")
+@click.option("--decision-weights", default=None,
+              help="Class mix, e.g. 'balanced' or 'VALIDATED=2,REJECTED=1,REFINED=1' [default: 0.5/0.3/0.2].")
 @click.option("--force", is_flag=True)
-def synth(n, seed, out, levels, force):
+def synth(n, seed, out, levels, decision_weights, force):
     """Procedurally generate N examples with known, rule-checkable labels (for tests and RL smoke runs)."""
     lv = tuple(int(x) for x in levels.split(","))
+    try:
+        weights = parse_decision_weights(decision_weights) if decision_weights else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--decision-weights") from None
     with user_errors():
-        count = write_jsonl(out, synth_examples(n, seed=seed, levels=lv), force=force)
+        count = write_jsonl(out, synth_examples(n, seed=seed, levels=lv, decision_weights=weights), force=force)
     click.echo(f"{out}: {count} examples")
 
 

@@ -150,7 +150,22 @@ def _set_threads(n: int | None) -> None:
 
 
 def _prefill(model, prompts: list[list[int]], settings: GenerationSettings):
-    """Left-pad and run the prompts: returns (cache, last-position logits (B, V))."""
+    """Left-pad and run the prompts: returns (cache, last-position logits (B, V)).
+
+    A prompt that appears several times in the batch (k samples per prompt in PPO rollouts) is run once and its
+    cache rows are copied, which divides the prompt cost by k."""
+    unique: dict[tuple, int] = {}
+    rows = [unique.setdefault(tuple(p), len(unique)) for p in prompts]  # batch row -> unique prompt
+    if len(unique) < len(prompts):
+        cache, logits = _prefill_rows(model, [list(p) for p in unique], settings)
+        idx = mx.array(rows)
+        for c in cache:
+            c.filter(idx)  # (U, ...) -> (B, ...): repeated indices copy rows
+        return cache, logits[idx]
+    return _prefill_rows(model, prompts, settings)
+
+
+def _prefill_rows(model, prompts: list[list[int]], settings: GenerationSettings):
     lengths = [len(p) for p in prompts]
     width = max(lengths)
     left = [width - n for n in lengths]
@@ -179,7 +194,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], indices: list[in
     y, lp = sample(logits, settings, [r.keys[0] for r in rows] if sampled else None)
     mx.eval(y, lp)
     stats.prompt_s += time.perf_counter() - tic
-    stats.prompt_tokens += sum(len(p) for p in prompts)
+    stats.prompt_tokens += sum(len(p) for p in {tuple(p) for p in prompts})  # tokens actually run
 
     tic = time.perf_counter()
     _set_threads(settings.decode_threads)

@@ -44,3 +44,13 @@ def test_validate_reports_all_errors(tmp_path):
 def test_schema_command():
     r = run("data", "schema")
     assert json.loads(r.output)["title"] == "Example"
+
+
+def test_synth_decision_weights(tmp_path):
+    f = tmp_path / "b.jsonl"
+    r = run("data", "synth", "-n", "12", "--levels", "1", "--decision-weights", "balanced", "-o", str(f))
+    assert r.exit_code == 0, r.output
+    r = run("data", "stats", str(f), "--json")
+    assert json.loads(r.output)["by_decision"] == {"VALIDATED": 4, "REJECTED": 4, "REFINED": 4}
+    r = run("data", "synth", "-n", "12", "--decision-weights", "MAYBE=1", "-o", str(tmp_path / "c.jsonl"))
+    assert r.exit_code == 2 and "--decision-weights" in r.output

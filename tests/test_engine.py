@@ -141,3 +141,18 @@ def test_zero_max_tokens_and_bad_input(smollm):
     assert comps[0].tokens == [] and comps[0].finish_reason == "length"
     with pytest.raises(ValueError):
         generate(model, tok, [[]], GenerationSettings(max_tokens=2))
+
+
+def test_repeated_prompts_share_one_prefill(smollm, chat_prompts):
+    """k copies of a prompt (PPO rollouts) are prefilled once; samples and log-probs equal generating each copy
+    alone (batch size 1), and the prompt-token count shows the saving."""
+    model, tok = smollm
+    prompts = [p for p in chat_prompts[:3] for _ in range(3)]  # 3 prompts x 3 samples, different lengths
+    gen = dict(max_tokens=6, temperature=1.0, seed=11)
+    shared, st = generate(model, tok, prompts, GenerationSettings(batch_size=9, **gen))
+    alone, _ = generate(model, tok, prompts, GenerationSettings(batch_size=1, **gen))
+    assert [c.tokens for c in shared] == [c.tokens for c in alone]
+    assert len({tuple(c.tokens) for c in shared}) > 3  # copies of one prompt sample differently
+    for s, a in zip(shared, alone):
+        np.testing.assert_allclose(s.logprobs, a.logprobs, atol=1e-4)
+    assert st.prompt_tokens == sum(len(p) for p in chat_prompts[:3])

@@ -119,3 +119,47 @@ def test_judge_score_reads_the_answer_prefix():
     r, info = judge_score_fn([ex], RewardSettings())(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}',
                                                                         finish_reason="stop"))
     assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised
+
+
+def test_frozen_trunk_cache_gives_the_same_passes():
+    """LoRA on the last block only: passes that start from the cached trunk states equal full passes, for the
+    policy, the reference and a gradient step."""
+    from mlxhv.rl.rollout import batched_trunk, trunk_start
+
+    def state():
+        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=1), value_inner=8, minibatch_size=2, lr=1e-2)
+        st = init_state(tiny_model(0, layers=3), TOK, s)
+        for k, v in tree_flatten(st.policy.model.trainable_parameters()):  # B != 0: policy differs from reference
+            if "lora_b" in k:
+                st.policy.model.update(_unflatten({k: mx.random.normal(v.shape) * 0.1}))
+        return st
+
+    st = state()
+    model, b = st.policy.model, tiny_batch()
+    start = trunk_start(model)
+    assert start == 2
+    trunk = batched_trunk(model, b, start, minibatch=2)
+    assert trunk.shape == (*b.tokens.shape, 32)
+    for vh in (st.policy.value_head, None):
+        full, _ = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2)
+        cached, _ = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2, trunk=trunk, start=start)
+        np.testing.assert_allclose(cached, full, atol=1e-5)
+        assert np.abs(full).sum() > 0
+    with lora_disabled(model):
+        ref, _ = batched_no_grad(model, None, b, temperature=0.7, minibatch=2)
+        ref_c, _ = batched_no_grad(model, None, b, temperature=0.7, minibatch=2, trunk=trunk, start=start)
+    np.testing.assert_allclose(ref_c, ref, atol=1e-5)
+    assert not np.allclose(ref, full)
+    _, m_full = update_minibatch(st, _minibatch(b, 0.5))
+    st2 = state()
+    mb = _minibatch(b, 0.5)
+    mb["tokens"] = trunk[:2]
+    _, m_cached = update_minibatch(st2, mb, start)
+    for key in ("loss", "pg_loss", "v_loss", "grad_norm"):
+        assert m_cached[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6)
+
+
+def _unflatten(d):
+    from mlx.utils import tree_unflatten
+
+    return tree_unflatten(list(d.items()))

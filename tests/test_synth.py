@@ -38,3 +38,21 @@ def test_level4_has_misleading_items_and_refined_text():
         if e.expected_decision.value == "REFINED":
             assert e.refined_hypothesis and e.refined_hypothesis != e.hypothesis
     assert infer_stance("It held only for small firms.") == "scope"
+
+
+def test_decision_weights_balanced_and_validated():
+    from collections import Counter
+
+    import pytest
+
+    from mlxhv.data.synth import parse_decision_weights
+
+    assert parse_decision_weights("balanced") == {"VALIDATED": 1.0, "REJECTED": 1.0, "REFINED": 1.0}
+    assert parse_decision_weights("rejected=2, VALIDATED=1") == {"REJECTED": 2.0, "VALIDATED": 1.0}
+    exs = synth_examples(30, seed=3, levels=(1,), decision_weights=parse_decision_weights("balanced"))
+    assert Counter(e.expected_decision.value for e in exs) == {"VALIDATED": 10, "REJECTED": 10, "REFINED": 10}
+    exs = synth_examples(9, seed=3, decision_weights={"REJECTED": 2.0, "VALIDATED": 1.0, "REFINED": 0.0})
+    assert Counter(e.expected_decision.value for e in exs) == {"REJECTED": 6, "VALIDATED": 3}
+    for bad in ("VALID=1", "REJECTED", "REJECTED=x", "REJECTED=-1", "REJECTED=0"):
+        with pytest.raises(ValueError, match="decision weight"):
+            parse_decision_weights(bad)

@@ -254,11 +254,34 @@ def _quota(n: int, weights: dict) -> list:
     return [k for k in weights for _ in range(counts[k])]
 
 
+def parse_decision_weights(text: str) -> dict[str, float]:
+    """`VALIDATED=1,REJECTED=1,REFINED=1` (or `balanced`) -> weights; unnamed decisions get weight 0."""
+    if text.strip().lower() == "balanced":
+        return {d: 1.0 for d in DECISIONS}
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip().upper()
+        if not sep or name not in DECISIONS:
+            raise ValueError(f"decision weight {part!r}: expected DECISION=WEIGHT with DECISION in {', '.join(DECISIONS)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"decision weight {part!r}: {value!r} is not a number") from None
+        if out[name] < 0:
+            raise ValueError(f"decision weight {part!r}: must be >= 0")
+    if not out or sum(out.values()) <= 0:
+        raise ValueError(f"decision weights {text!r}: at least one must be positive")
+    return out
+
+
 def synth_examples(n: int, seed: int = 0, domains: tuple[str, ...] = DOMAINS, levels: tuple[int, ...] = (1, 2, 3, 4),
-                   prefix: str = "syn") -> list[Example]:
-    """n examples, balanced over domains, decisions (DECISION_WEIGHTS) and levels; deterministic in seed."""
+                   prefix: str = "syn", decision_weights: dict[str, float] | None = None) -> list[Example]:
+    """n examples, balanced over domains, decisions (`decision_weights`, default DECISION_WEIGHTS) and levels;
+    deterministic in seed."""
     rng = random.Random(seed)
-    labels = _quota(n, DECISION_WEIGHTS)
+    weights = {d: w for d, w in (decision_weights or DECISION_WEIGHTS).items() if w > 0}
+    labels = _quota(n, weights)
     lv = _quota(n, {k: LEVEL_WEIGHTS[k] for k in levels})
     rng.shuffle(labels)
     rng.shuffle(lv)

@@ -26,7 +26,8 @@ from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, save_adapters
 from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, explained_variance, gae, kl_penalised_rewards,
                           masked_whiten, ppo_loss)
 from mlxhv.rl.reward import RewardSettings
-from mlxhv.rl.rollout import RolloutBatch, batched_no_grad, build_batch, eos_id, response_forward
+from mlxhv.rl.rollout import (RolloutBatch, batched_no_grad, batched_trunk, build_batch, eos_id, response_forward,
+                              trunk_start)
 from mlxhv.rl.value import ValueHead, hidden_size
 
 
@@ -64,7 +65,8 @@ class PPOSettings:
     kl_target: float | None = 1.0  # adaptive KL controller target (sequence KL, nats); None: fixed beta
     kl_horizon: int = 1000
     value_inner: int = 256
-    train_threads: int | None = 2  # OpenBLAS threads for the reference and update passes; None: leave as is
+    train_threads: int | None = 2  # OpenBLAS threads for prompts, reference and update passes; None: as is
+    cache_trunk: bool = True  # run the blocks below the first LoRA block once per rollout (rollout.trunk_forward)
     seed: int = 0
     # bookkeeping
     save_every: int = 10
@@ -123,19 +125,20 @@ def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
 
 
 def _loss_fn(policy: Policy, tokens, positions, targets, mask, old_logprobs, old_values, advantages, returns,
-             temperature: float, loss_settings: PPOLossSettings):
+             temperature: float, loss_settings: PPOLossSettings, start: int = 0):
     logprobs, entropy, values = response_forward(policy.model, policy.value_head, tokens, positions, targets,
-                                                 temperature)
+                                                 temperature, start=start)
     return ppo_loss(logprobs, values, entropy, old_logprobs, old_values, advantages, returns, mask, loss_settings)
 
 
-def update_minibatch(state: PPOState, mb: dict) -> tuple[bool, dict]:
-    """One gradient step on one minibatch. A step whose loss or gradient norm is not finite is skipped."""
+def update_minibatch(state: PPOState, mb: dict, start: int = 0) -> tuple[bool, dict]:
+    """One gradient step on one minibatch. A step whose loss or gradient norm is not finite is skipped.
+    With start > 0, mb["tokens"] holds the frozen trunk's hidden states (B, S, H) instead of token ids."""
     s = state.settings
     loss_and_grad = nn.value_and_grad(state.policy, _loss_fn)
     (loss, metrics), grads = loss_and_grad(state.policy, *(mx.array(mb[k]) for k in (
         "tokens", "positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns")),
-        s.temperature, s.loss)
+        s.temperature, s.loss, start)
     grads, grad_norm = optim.clip_grad_norm(grads, s.max_grad_norm)
     mx.eval(loss, grad_norm, metrics)  # one sync to decide whether the step is safe to apply
     if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
@@ -162,6 +165,7 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     prompt_index = [i for i in range(len(prompts)) for _ in range(k)]
     gen = GenerationSettings(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                              seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size,
+                             prefill_threads=s.train_threads,
                              decode_threads=1)  # 1 thread is the safe choice for decode steps (DESIGN.md)
     completions, gen_stats = generate(model, state.tokenizer, [prompts[i] for i in prompt_index], gen)
     t_rollout = time.perf_counter() - t0
@@ -177,9 +181,12 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     threads_before = _blas.get_threads()
     if s.train_threads:
         _blas.set_threads(s.train_threads)  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
-    old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size)
+    start = trunk_start(model) if s.cache_trunk else 0
+    trunk = batched_trunk(model, batch, start, s.minibatch_size) if start else None  # (N, S, H)
+    old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size,
+                                               trunk, start)
     with lora_disabled(model):
-        ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size)
+        ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size, trunk, start)
     t_reference = time.perf_counter() - t1
 
     # 4. per-token rewards: -beta * KL, score at the last token; GAE; whitening
@@ -204,10 +211,12 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
         for i in range(0, N, s.minibatch_size):
             idx = perm[i:i + s.minibatch_size]
             mb = {key: val[idx] for key, val in data.items()}
+            if trunk is not None:
+                mb["tokens"] = trunk[mx.array(idx)]  # (B, S, H) trunk states instead of token ids
             width = int(mb["mask"].sum(1).max())  # trim response padding of this minibatch
             for key in ("positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns"):
                 mb[key] = mb[key][:, :width]
-            ok, m = update_minibatch(state, mb)
+            ok, m = update_minibatch(state, mb, start)
             if ok:
                 logs.append(m)
     t_update = time.perf_counter() - t2
