@@ -42,6 +42,9 @@ def test_train_one_step_then_resume(smollm_dir, tmp_path):
     assert steps == [1, 2]
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("reward_mean", "kl", "clipfrac", "approx_kl", "pg_loss", "v_loss", "explained_variance",
-                "update_tok_s", "peak_memory_gb", "ece", "accuracy"):
+                "update_tok_s", "peak_memory_gb", "ece", "accuracy", "frac_VALIDATED"):
         assert key in rec
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [1, 2] and len(samples[1]["samples"]) == 2  # one line per step
+    assert {"gold", "reward", "text"} <= set(samples[1]["samples"][0])
     assert (out / "adapter_config.json").exists() and (out / "curves.png").exists()

@@ -144,3 +144,14 @@ def test_value_head_zero_at_init_and_forward_matches_model():
     logits, values = forward(model, vh, tokens)
     np.testing.assert_allclose(np.array(logits), np.array(model(tokens)), atol=1e-6)
     assert values.shape == (1, 4) and np.all(np.array(values) == 0)
+
+
+def test_leave_one_out_scores_hand_computed():
+    from mlxhv.rl.ppo import leave_one_out_scores
+
+    scores = np.array([1.0, 0.0, 0.0, 0.5, -1.0, -1.0, 2.0], np.float32)
+    prompt = np.array([0, 0, 0, 1, 2, 2, 3])
+    out = leave_one_out_scores(scores, prompt)
+    # prompt 0: 1 - (0 + 0)/2, 0 - (1 + 0)/2 twice; prompt 1 and 3 answered once: unchanged; prompt 2: all equal
+    np.testing.assert_allclose(out, [1.0, -0.5, -0.5, 0.5, 0.0, 0.0, 2.0])
+    assert out.dtype == np.float32

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxhv.rl.lora import LoRASettings, lora_disabled
 from mlxhv.rl.rollout import batched_no_grad, build_batch
@@ -121,45 +121,58 @@ def test_judge_score_reads_the_answer_prefix():
     assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised
 
 
-def test_frozen_trunk_cache_gives_the_same_passes():
-    """LoRA on the last block only: passes that start from the cached trunk states equal full passes, for the
-    policy, the reference and a gradient step."""
-    from mlxhv.rl.rollout import batched_trunk, trunk_start
+@pytest.mark.parametrize("num_layers, cache_trunk", [(1, True), (1, False), (-1, True)])
+def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
+    """Each prompt run once for its k answers (rl/prefix.py), with or without the frozen-trunk cache, gives the
+    whole-row passes' log-probs, values, reference and gradient step."""
+    from mlxhv.rl.prefix import group_trunk, grouped_no_grad, make_groups, shared_start
 
     def state():
-        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=1), value_inner=8, minibatch_size=2, lr=1e-2)
+        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8,
+                        minibatch_size=2, lr=1e-2)
         st = init_state(tiny_model(0, layers=3), TOK, s)
-        for k, v in tree_flatten(st.policy.model.trainable_parameters()):  # B != 0: policy differs from reference
-            if "lora_b" in k:
-                st.policy.model.update(_unflatten({k: mx.random.normal(v.shape) * 0.1}))
+        mx.random.seed(1)  # B != 0 and a non-zero value head: policy differs from reference, values from 0
+        new = {k: mx.random.normal(v.shape) * 0.1 for k, v in tree_flatten(st.policy.trainable_parameters())
+               if "lora_b" in k or "value_head.out" in k}
+        st.policy.update(tree_unflatten(list(new.items())))
         return st
 
-    st = state()
-    model, b = st.policy.model, tiny_batch()
-    start = trunk_start(model)
-    assert start == 2
-    trunk = batched_trunk(model, b, start, minibatch=2)
-    assert trunk.shape == (*b.tokens.shape, 32)
-    for vh in (st.policy.value_head, None):
-        full, _ = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2)
-        cached, _ = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2, trunk=trunk, start=start)
-        np.testing.assert_allclose(cached, full, atol=1e-5)
-        assert np.abs(full).sum() > 0
+    st, b = state(), tiny_batch()
+    model, vh = st.policy.model, st.policy.value_head
+    start = shared_start(model)
+    assert start == (2 if num_layers == 1 else 0)
+    start = start if cache_trunk else 0
+    groups = make_groups(b)
+    assert [g.rows.tolist() for g in groups] == [[0, 1], [2, 3]] and groups[1].prompt.tolist() == [1, 7, 8, 9, 10]
+    trunk = group_trunk(model, b, groups, start) if start else None
+    lp, v = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2)
+    lp_s, v_s = grouped_no_grad(model, vh, b, groups, 0.7, trunk, start, rows_per_pass=2)
+    np.testing.assert_allclose(lp_s, lp, atol=1e-5)
+    np.testing.assert_allclose(v_s, v, atol=1e-5)
+    assert np.abs(v).sum() > 0
     with lora_disabled(model):
         ref, _ = batched_no_grad(model, None, b, temperature=0.7, minibatch=2)
-        ref_c, _ = batched_no_grad(model, None, b, temperature=0.7, minibatch=2, trunk=trunk, start=start)
-    np.testing.assert_allclose(ref_c, ref, atol=1e-5)
-    assert not np.allclose(ref, full)
-    _, m_full = update_minibatch(st, _minibatch(b, 0.5))
+        ref_s, _ = grouped_no_grad(model, None, b, groups, 0.7, trunk, start)
+    np.testing.assert_allclose(ref_s, ref, atol=1e-5)
+    assert not np.allclose(ref, lp)
+
+    mb = _minibatch(b, 0.5)  # rows 0, 1 = the first prompt's group
+    _, m_rows = update_minibatch(st, mb)
     st2 = state()
-    mb = _minibatch(b, 0.5)
-    mb["tokens"] = trunk[:2]
-    _, m_cached = update_minibatch(st2, mb, start)
-    for key in ("loss", "pg_loss", "v_loss", "grad_norm"):
-        assert m_cached[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6)
+    shared = (b, groups[:1], None if trunk is None else trunk[:1], start)
+    _, m_shared = update_minibatch(st2, mb, shared)
+    for key in ("loss", "pg_loss", "v_loss", "entropy", "grad_norm"):
+        assert m_shared[key] == pytest.approx(m_rows[key], rel=1e-4, abs=1e-6)
+    p1 = dict(tree_flatten(st.policy.trainable_parameters()))
+    p2 = dict(tree_flatten(st2.policy.trainable_parameters()))
+    for k in p1:
+        np.testing.assert_allclose(np.array(p2[k]), np.array(p1[k]), atol=1e-5)
 
 
-def _unflatten(d):
-    from mlx.utils import tree_unflatten
+def test_group_minibatches_cover_each_group_once():
+    from mlxhv.rl.prefix import Group, group_minibatches
 
-    return tree_unflatten(list(d.items()))
+    groups = [Group(np.arange(i * 4, i * 4 + 4), np.array([1])) for i in range(5)]
+    mbs = group_minibatches(groups, 8, np.random.default_rng(0))
+    assert sorted(j for mb in mbs for j in mb) == list(range(5))
+    assert all(sum(len(groups[j].rows) for j in mb) <= 8 for mb in mbs)

@@ -1,7 +1,8 @@
 """LoRA PPO for the judge, written in MLX to be read against the papers.
 
 Modules: `reward` (correctness + calibration + format), `lora` (adapters in mlx-lm's format), `value` (value
-head, one forward pass for logits and values), `rollout` (engine samples laid out for the update), `ppo` (GAE,
+head, one forward pass for logits and values), `rollout` (engine samples laid out for the update), `prefix`
+(each prompt run once for its k answers; the frozen trunk below the LoRA blocks once per rollout), `ppo` (GAE,
 clipped surrogate, clipped value loss, adaptive KL), `trainer` (the loop, checkpoints, resume), `plot`.
 
 What we follow — PPO (Schulman et al. 2017), cleanrl's ppo.py and "The N implementation details of RLHF with
@@ -34,4 +35,11 @@ Where we depart, and why:
    applied; a NaN/Inf step is counted (`skipped_updates`) and never applied.
 8. **KL target in nats per answer** (sequence KL, Ziegler's definition) with a short horizon (1000 samples):
    our runs are tens of steps, not thousands.
+9. **Minibatches are whole prompt groups** when prompts are shared (`share_prompts`, the default for plain
+   decoders): the k answers to a prompt sit in the same minibatch so the prompt runs once per pass
+   (`prefix.py`); groups, not rows, are shuffled. The numbers of each pass equal a whole-row pass (tested).
+10. **Optional leave-one-out score baseline** (`score_baseline: "loo"`, RLOO, Ahmadian et al. 2024): each
+   answer's score minus the mean score of the other answers to its prompt, before the KL penalty, GAE and the
+   value head. Off by default. Without it a policy that cannot yet tell the classes apart is pushed towards
+   the class it already favours (run 5, README); with it, prompts whose answers all score alike teach nothing.
 """

@@ -40,6 +40,22 @@ def entropy_from_logits(logits: mx.array, temperature: float = 1.0) -> mx.array:
     return mx.logsumexp(z, axis=-1) - (mx.softmax(z, axis=-1) * z).sum(-1)
 
 
+def leave_one_out_scores(scores: np.ndarray, prompt_index: np.ndarray) -> np.ndarray:
+    """score_i - mean of the other answers' scores to the same prompt (RLOO; Ahmadian et al. 2024).
+
+    scores (B,), prompt_index (B,) -> (B,). A prompt answered once keeps its score. When every answer to a
+    prompt scores the same (all wrong, say) each gets 0: nothing pushes the policy towards a class it already
+    favours on prompts where it cannot yet tell the classes apart.
+    """
+    out = scores.astype(np.float64).copy()
+    for p in np.unique(prompt_index):
+        rows = np.flatnonzero(prompt_index == p)
+        k = len(rows)
+        if k > 1:
+            out[rows] = scores[rows] - (scores[rows].sum() - scores[rows]) / (k - 1)
+    return out.astype(scores.dtype)
+
+
 def kl_penalised_rewards(scores: np.ndarray, logprobs: np.ndarray, ref_logprobs: np.ndarray, mask: np.ndarray,
                          kl_coef: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-token rewards r_t = -beta * (log pi - log pi_ref) and the score added at each sequence's last token.

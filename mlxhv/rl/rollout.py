@@ -5,12 +5,6 @@ padding harmless to the real positions). Response token t of row b sits at colum
 hidden state that predict it are at column `start[b] + t - 1`, which `positions` holds. An answer that ended on
 EOS keeps the EOS token as its last response token, so the policy is credited for stopping; padding is told apart
 by length only (SmolLM2's EOS and pad are both id 2).
-
-Frozen trunk: when LoRA adapts only the last blocks (`LoRASettings.num_layers`), the blocks below them are the
-same function in every pass of an iteration (old log-probs, reference, each PPO epoch). `trunk_forward` runs them
-once per rollout and the later passes start from its hidden states (`response_forward(..., start=…)`), which
-gives the same numbers for a fraction of the compute. Only for plain decoders (embed, blocks, norm; no sliding
-window); others run whole (`trunk_start` returns 0).
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.base import create_attention_mask
 
 from mlxhv.rl.ppo import entropy_from_logits, token_logprobs
 from mlxhv.rl.value import lm_head
@@ -65,66 +58,23 @@ def build_batch(prompts: list[list[int]], completions, prompt_index: list[int], 
     return RolloutBatch(tokens, positions, targets, mask, np.asarray(prompt_index))
 
 
-def trunk_start(model) -> int:
-    """Index of the first block that holds a LoRA layer: blocks below it form the frozen trunk (0: no trunk)."""
-    from mlxhv.engine import _PLAIN_HEAD
-    from mlxhv.rl.lora import LoRALinear
-
-    inner = getattr(model, "model", None)
-    if getattr(model, "model_type", None) not in _PLAIN_HEAD or not all(
-            hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")):
-        return 0
-    if any(getattr(b, "use_sliding", False) for b in inner.layers):
-        return 0
-    for i, block in enumerate(inner.layers):
-        if any(isinstance(m, LoRALinear) for _, m in block.named_modules()):
-            return i
-    return 0
-
-
-def trunk_forward(model, tokens: mx.array, start: int) -> mx.array:
-    """Hidden states after the first `start` blocks: tokens (B, S) -> (B, S, H)."""
-    inner = model.model
-    h = inner.embed_tokens(tokens)
-    mask = create_attention_mask(h, None)
-    for block in inner.layers[:start]:
-        h = block(h, mask, cache=None)
-    return h
-
-
-def body_forward(model, inputs: mx.array, start: int = 0) -> mx.array:
-    """Final hidden states: from tokens (B, S) when start == 0, else from trunk states (B, S, H)."""
-    if start == 0:
-        return model.model(inputs)
-    inner = model.model
-    h = inputs
-    mask = create_attention_mask(h, None)
-    for block in inner.layers[start:]:
-        h = block(h, mask, cache=None)
-    return inner.norm(h)
-
-
-def batched_trunk(model, batch: RolloutBatch, start: int, minibatch: int) -> mx.array:
-    """The frozen trunk's hidden states over the whole rollout: (N, S, H), in the model's dtype."""
-    out = []
-    for i in range(0, len(batch.tokens), minibatch):
-        h = trunk_forward(model, mx.array(batch.tokens[i:i + minibatch]), start)
-        mx.eval(h)
-        out.append(h)
-    return mx.concatenate(out)
-
-
 def response_forward(model, value_head, tokens: mx.array, positions: mx.array, targets: mx.array,
-                     temperature: float, with_entropy: bool = True, start: int = 0):
+                     temperature: float, with_entropy: bool = True):
     """Log-probs, entropy and values at response positions only (never the full (B, S, V) logits).
 
-    tokens (B, S) — or trunk states (B, S, H) with `start` > 0 —, positions/targets (B, L)
-    -> logprobs (B, L), entropy (B, L) or None, values (B, L) or None.
+    tokens (B, S), positions/targets (B, L) -> logprobs (B, L), entropy (B, L) or None, values (B, L) or None.
     """
-    h = body_forward(model, tokens, start)  # (B, S, H)
+    h = model.model(tokens)  # (B, S, H)
     B, L = positions.shape
     idx = mx.broadcast_to(positions[..., None], (B, L, h.shape[-1]))
     h_resp = mx.take_along_axis(h, idx, axis=1)  # (B, L, H)
+    return response_heads(model, value_head, h_resp, targets, temperature, with_entropy)
+
+
+def response_heads(model, value_head, h_resp: mx.array, targets: mx.array, temperature: float,
+                   with_entropy: bool = True):
+    """From the final hidden states that predict each response token, h_resp (B, L, H): log-probs, entropy and
+    values (B, L) each (entropy / values None when not asked for / no value head)."""
     logits = lm_head(model, h_resp).astype(mx.float32)  # (B, L, V)
     logprobs = token_logprobs(logits, targets, temperature)
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
@@ -132,21 +82,16 @@ def response_forward(model, value_head, tokens: mx.array, positions: mx.array, t
     return logprobs, entropy, values
 
 
-def batched_no_grad(model, value_head, batch: RolloutBatch, temperature: float, minibatch: int,
-                    trunk: mx.array | None = None, start: int = 0):
-    """Old log-probs and values over the whole rollout, in minibatches: (N, L) numpy arrays.
-    With `trunk` (from `batched_trunk(..., start)`) the passes start above the frozen blocks."""
+def batched_no_grad(model, value_head, batch: RolloutBatch, temperature: float, minibatch: int):
+    """Old log-probs and values over the whole rollout, in minibatches: (N, L) numpy arrays."""
     lps, vals = [], []
     for i in range(0, len(batch.tokens), minibatch):
         sl = slice(i, i + minibatch)
-        x = mx.array(batch.tokens[sl]) if trunk is None else trunk[i:i + minibatch]
-        lp, _, v = response_forward(model, value_head, x, mx.array(batch.positions[sl]),
-                                    mx.array(batch.targets[sl]), temperature, with_entropy=False,
-                                    start=start if trunk is not None else 0)
+        lp, _, v = response_forward(model, value_head, mx.array(batch.tokens[sl]), mx.array(batch.positions[sl]),
+                                    mx.array(batch.targets[sl]), temperature, with_entropy=False)
         if v is None:
             v = mx.zeros_like(lp)
         mx.eval(lp, v)
         lps.append(np.array(lp))
         vals.append(np.array(v))
     return np.concatenate(lps) * batch.mask, np.concatenate(vals) * batch.mask
-

@@ -24,10 +24,11 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlxhv import _blas
 from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, save_adapters
 from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, explained_variance, gae, kl_penalised_rewards,
-                          masked_whiten, ppo_loss)
+                          leave_one_out_scores, masked_whiten, ppo_loss)
 from mlxhv.rl.reward import RewardSettings
-from mlxhv.rl.rollout import (RolloutBatch, batched_no_grad, batched_trunk, build_batch, eos_id, response_forward,
-                              trunk_start)
+from mlxhv.rl.prefix import (group_minibatches, group_trunk, grouped_forward, grouped_no_grad, make_groups,
+                             shared_start)
+from mlxhv.rl.rollout import RolloutBatch, batched_no_grad, build_batch, eos_id, response_forward
 from mlxhv.rl.value import ValueHead, hidden_size
 
 
@@ -61,12 +62,14 @@ class PPOSettings:
     lam: float = 0.95
     whiten_advantages: bool = True  # advantage normalisation (37 details #7)
     whiten_rewards: bool = False  # reward whitening (N details of RLHF): off, our reward has a fixed scale
+    score_baseline: str = "none"  # "loo": subtract the mean score of the prompt's other answers (RLOO), k >= 2
     kl_coef: float = 0.05  # initial beta of the per-token KL penalty
     kl_target: float | None = 1.0  # adaptive KL controller target (sequence KL, nats); None: fixed beta
     kl_horizon: int = 1000
     value_inner: int = 256
     train_threads: int | None = 2  # OpenBLAS threads for prompts, reference and update passes; None: as is
-    cache_trunk: bool = True  # run the blocks below the first LoRA block once per rollout (rollout.trunk_forward)
+    share_prompts: bool = True  # run each prompt once for its k answers in every pass (rl/prefix.py)
+    cache_trunk: bool = True  # with share_prompts: blocks below the first LoRA block run once per rollout
     seed: int = 0
     # bookkeeping
     save_every: int = 10
@@ -81,6 +84,8 @@ class PPOSettings:
         from mlxhv.prompts import resolve_answer_prefix
 
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
+        if self.score_baseline not in ("none", "loo"):
+            raise ValueError(f"score_baseline must be 'none' or 'loo', not {self.score_baseline!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PPOSettings":
@@ -125,20 +130,25 @@ def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
 
 
 def _loss_fn(policy: Policy, tokens, positions, targets, mask, old_logprobs, old_values, advantages, returns,
-             temperature: float, loss_settings: PPOLossSettings, start: int = 0):
-    logprobs, entropy, values = response_forward(policy.model, policy.value_head, tokens, positions, targets,
-                                                 temperature, start=start)
+             temperature: float, loss_settings: PPOLossSettings, shared=None):
+    if shared is None:  # whole rows
+        logprobs, entropy, values = response_forward(policy.model, policy.value_head, tokens, positions, targets,
+                                                     temperature)
+    else:  # (batch, groups, trunk, start): each prompt once, rows ordered group by group
+        batch, groups, trunk, start = shared
+        logprobs, entropy, values = grouped_forward(policy.model, policy.value_head, batch, groups, targets,
+                                                    temperature, trunk, start)
     return ppo_loss(logprobs, values, entropy, old_logprobs, old_values, advantages, returns, mask, loss_settings)
 
 
-def update_minibatch(state: PPOState, mb: dict, start: int = 0) -> tuple[bool, dict]:
+def update_minibatch(state: PPOState, mb: dict, shared=None) -> tuple[bool, dict]:
     """One gradient step on one minibatch. A step whose loss or gradient norm is not finite is skipped.
-    With start > 0, mb["tokens"] holds the frozen trunk's hidden states (B, S, H) instead of token ids."""
+    `shared` = (batch, groups, trunk, start) runs the minibatch's rows as prompt groups (rl/prefix.py)."""
     s = state.settings
     loss_and_grad = nn.value_and_grad(state.policy, _loss_fn)
     (loss, metrics), grads = loss_and_grad(state.policy, *(mx.array(mb[k]) for k in (
         "tokens", "positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns")),
-        s.temperature, s.loss, start)
+        s.temperature, s.loss, shared)
     grads, grad_norm = optim.clip_grad_norm(grads, s.max_grad_norm)
     mx.eval(loss, grad_norm, metrics)  # one sync to decide whether the step is safe to apply
     if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
@@ -181,15 +191,26 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     threads_before = _blas.get_threads()
     if s.train_threads:
         _blas.set_threads(s.train_threads)  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
-    start = trunk_start(model) if s.cache_trunk else 0
-    trunk = batched_trunk(model, batch, start, s.minibatch_size) if start else None  # (N, S, H)
-    old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size,
-                                               trunk, start)
-    with lora_disabled(model):
-        ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size, trunk, start)
+    start = shared_start(model) if s.share_prompts else None
+    groups = trunk = None
+    if start is None:  # whole rows
+        old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size)
+        with lora_disabled(model):
+            ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size)
+    else:  # each prompt once per pass; the frozen trunk once per rollout
+        groups = make_groups(batch)
+        start = start if s.cache_trunk else 0
+        trunk = group_trunk(model, batch, groups, start) if start else None
+        old_logprobs, old_values = grouped_no_grad(model, value_head, batch, groups, s.temperature, trunk, start,
+                                                   s.minibatch_size)
+        with lora_disabled(model):
+            ref_logprobs, _ = grouped_no_grad(model, None, batch, groups, s.temperature, trunk, start,
+                                              s.minibatch_size)
     t_reference = time.perf_counter() - t1
 
     # 4. per-token rewards: -beta * KL, score at the last token; GAE; whitening
+    if s.score_baseline == "loo":
+        scores = leave_one_out_scores(scores, batch.prompt_index)
     if s.whiten_rewards:
         scores = (scores - scores.mean()) / (scores.std() + 1e-8)
     rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, state.kl_ctl.kl_coef)
@@ -207,16 +228,20 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     logs: list[dict] = []
     skipped_before = state.skipped_updates
     for _ in range(s.ppo_epochs):
-        perm = rng.permutation(N)
-        for i in range(0, N, s.minibatch_size):
-            idx = perm[i:i + s.minibatch_size]
+        if groups is None:  # shuffled rows
+            perm = rng.permutation(N)
+            minibatches = [(perm[i:i + s.minibatch_size], None) for i in range(0, N, s.minibatch_size)]
+        else:  # shuffled whole prompt groups, so each minibatch runs its prompts once
+            minibatches = [(np.concatenate([groups[j].rows for j in chunk]), chunk)
+                           for chunk in group_minibatches(groups, s.minibatch_size, rng)]
+        for idx, chunk in minibatches:
             mb = {key: val[idx] for key, val in data.items()}
-            if trunk is not None:
-                mb["tokens"] = trunk[mx.array(idx)]  # (B, S, H) trunk states instead of token ids
             width = int(mb["mask"].sum(1).max())  # trim response padding of this minibatch
             for key in ("positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns"):
                 mb[key] = mb[key][:, :width]
-            ok, m = update_minibatch(state, mb, start)
+            shared = None if chunk is None else (
+                batch, [groups[j] for j in chunk], None if trunk is None else [trunk[j] for j in chunk], start)
+            ok, m = update_minibatch(state, mb, shared)
             if ok:
                 logs.append(m)
     t_update = time.perf_counter() - t2
@@ -318,14 +343,18 @@ def judge_score_fn(examples, reward_settings: RewardSettings, answer_prefix: str
     """score_fn for the hypothesis-validation task: parse prefix + answer, then `reward.reward`."""
     from mlxhv.prompts import parse_answer
     from mlxhv.rl.reward import reward
+    from mlxhv.schema import DECISIONS
 
     def score(i: int, completion) -> tuple[float, dict]:
         p = parse_answer(answer_prefix + completion.text)
         gold = examples[i].expected_decision.value
         r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings,
                    json_format=p.method == "json")
-        return r, {"accuracy": p.decision == gold, "invalid_frac": not p.is_valid, "_conf": p.confidence,
-                   "_correct": p.decision == gold, "_valid": p.is_valid}
+        info = {"accuracy": p.decision == gold, "invalid_frac": not p.is_valid}
+        info.update({f"frac_{d}": p.decision == d for d in DECISIONS})  # what the policy samples, per class
+        info.update(_conf=p.confidence, _correct=p.decision == gold, _valid=p.is_valid, _gold=gold,
+                    _text=completion.text, _reward=r)
+        return r, info
 
     return score
 
@@ -385,6 +414,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
     if ckpt is not None:
         load_checkpoint(state, ckpt)
         _truncate_log(out / "metrics.jsonl", state.step)
+        _truncate_log(out / "samples.jsonl", state.step)
     elif holdout and not (out / "eval-step-000000").exists():
         m = evaluate_holdout(state, holdout, out / "eval-step-000000")
         _log(out / "metrics.jsonl", {"step": 0, "eval": _eval_summary(m)})
@@ -410,6 +440,8 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
         if holdout and ((s.eval_every and step % s.eval_every == 0) or last):
             metrics["eval"] = _eval_summary(evaluate_holdout(state, holdout, out / f"eval-step-{step:06d}"))
         _log(out / "metrics.jsonl", metrics)
+        _log(out / "samples.jsonl", {"step": step, "samples": [  # every answer of the step, for reading
+            {"gold": i["_gold"], "reward": round(i["_reward"], 4), "text": i["_text"]} for i in infos]})
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
                         kl=f"{metrics['kl']:.3f}")
         if step % s.save_every == 0 or last:
