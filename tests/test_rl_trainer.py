@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlxhv.rl.lora import LoRASettings, lora_disabled
 from mlxhv.rl.rollout import batched_no_grad, build_batch
 from mlxhv.rl.trainer import (PPOSettings, init_state, latest_checkpoint, load_checkpoint, save_checkpoint,
-                              select_prompts, update_minibatch)
+                              select_prompts, select_prompts_by_class, update_minibatch)
 from tests.rl_tiny import tiny_model
 
 TOK = SimpleNamespace(eos_token_id=2)
@@ -95,6 +95,16 @@ def test_checkpoint_round_trip(tmp_path):
     p2 = dict(tree_flatten(st2.policy.trainable_parameters()))
     for k in p1:
         np.testing.assert_allclose(np.array(p1[k]), np.array(p2[k]), rtol=1e-6, atol=1e-7)
+
+
+def test_select_prompts_by_class_balances_each_step():
+    labels = ["V"] * 6 + ["R"] * 3 + ["F"] * 4
+    steps = [select_prompts_by_class(labels, 4, seed=2, step=t) for t in range(1, 7)]
+    for idx in steps:  # classes sorted F, R, V: F takes the remainder slot
+        assert sorted(labels[i] for i in idx) == ["F", "F", "R", "V"]
+    r_seen = [i for idx in steps[:3] for i in idx if labels[i] == "R"]
+    assert sorted(r_seen) == [6, 7, 8]  # every R example once in its first epoch (3 steps x 1)
+    assert steps == [select_prompts_by_class(labels, 4, 2, t) for t in range(1, 7)]  # deterministic (resume)
 
 
 def test_select_prompts_covers_each_epoch():

@@ -7,7 +7,7 @@ from pathlib import Path
 from mlxhv.data.io import iter_jsonl
 
 PANELS = [("reward_mean", "mean reward"), ("accuracy", "train accuracy (samples)"),
-          ("invalid_frac", "unparseable answers"), ("kl", "KL to reference (nats / answer)"),
+          ("invalid_frac", "sampled answers: unparseable / per class"), ("kl", "KL to reference (nats / answer)"),
           ("entropy", "entropy"), ("response_length", "response tokens")]
 
 
@@ -38,7 +38,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     xs = [r["step"] for r in steps]
     for ax, (key, title) in zip(axes.flat, PANELS):
-        ax.plot(xs, [r.get(key, float("nan")) for r in steps], marker="o", ms=3)
+        ax.plot(xs, [r.get(key, float("nan")) for r in steps], marker="o", ms=3, label=key)
+        if key == "invalid_frac" and any("frac_VALIDATED" in r for r in steps):
+            for cls in ("VALIDATED", "REJECTED", "REFINED"):
+                ax.plot(xs, [r.get(f"frac_{cls}", float("nan")) for r in steps], lw=1, label=cls)
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("PPO step")
     for ax, key, title in ((axes.flat[6], "accuracy", "holdout accuracy (greedy)"),

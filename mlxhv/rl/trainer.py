@@ -45,6 +45,7 @@ class PPOSettings:
     max_minutes: float | None = None  # wall-clock budget: the first step begun after it is spent is the last one
     prompts_per_step: int = 8
     samples_per_prompt: int = 2  # k answers per prompt
+    balance_classes: bool = False  # each step draws its prompts evenly from every gold decision
     ppo_epochs: int = 2
     minibatch_size: int = 4
     # sampling (logits are divided by this temperature when computing log-probs too)
@@ -336,6 +337,21 @@ def select_prompts(n_examples: int, per_step: int, seed: int, step: int) -> list
     return out
 
 
+def select_prompts_by_class(labels: list[str], per_step: int, seed: int, step: int) -> list[int]:
+    """Class-balanced steps: `per_step` prompts split evenly over the labels present (in sorted order, the first
+    take any remainder); within a class, examples are visited epoch-wise as in `select_prompts`. With one class
+    per prompt slot, what a step teaches about the class prior cancels out and what tells classes apart stays."""
+    classes = sorted(set(labels))
+    base, extra = divmod(per_step, len(classes))
+    out = []
+    for ci, c in enumerate(classes):
+        members = [i for i, lab in enumerate(labels) if lab == c]
+        m = base + (1 if ci < extra else 0)
+        if m:
+            out += [members[j] for j in select_prompts(len(members), m, seed * 7919 + ci + 1, step)]
+    return out
+
+
 # ---------------------------------------------------------------- the judge task
 
 
@@ -420,12 +436,16 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True) ->
         _log(out / "metrics.jsonl", {"step": 0, "eval": _eval_summary(m)})
 
     score_all = judge_score_fn(train_examples, s.reward, s.answer_prefix)
+    labels = [e.expected_decision.value for e in train_examples]
     bar = tqdm(range(state.step + 1, s.steps + 1), desc="ppo", disable=not progress, initial=state.step,
                total=s.steps)
     t_start = time.perf_counter()
     for step in bar:
         last = step == s.steps or (s.max_minutes is not None and time.perf_counter() - t_start > s.max_minutes * 60)
-        idx = select_prompts(len(train_examples), s.prompts_per_step, s.seed, step)
+        if s.balance_classes:
+            idx = select_prompts_by_class(labels, s.prompts_per_step, s.seed, step)
+        else:
+            idx = select_prompts(len(train_examples), s.prompts_per_step, s.seed, step)
         step_prompts = [prompts[i] for i in idx]
         infos: list[dict] = []
 
