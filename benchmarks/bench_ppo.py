@@ -59,8 +59,8 @@ def run(precision: str, args, share: bool = True) -> dict:
     m = ppo_iteration(state, prompts, score, step=1)
     wall = time.perf_counter() - t
     seq_tokens = sum(len(p) for p in prompts) * args.samples + m["response_length"] * args.prompts * args.samples
-    return {"precision": precision if share else f"{precision}-rows", "wall_s": wall, "rollout_s": m["rollout_s"], "reference_s": m["reference_s"],
-            "update_s": m["update_s"], "rollout_gen_tok_s": m["rollout_gen_tok_s"],
+    return {"precision": precision if share else f"{precision}-rows", "wall_s": wall, "rollout_s": m["rollout_s"],
+            "reference_s": m["reference_s"], "update_s": m["update_s"], "rollout_gen_tok_s": m["rollout_gen_tok_s"],
             "rollout_prompt_tok_s": m["rollout_prompt_tok_s"],
             "reference_tok_s": 2 * seq_tokens / max(m["reference_s"], 1e-9),
             "update_tok_s": args.epochs * seq_tokens / max(m["update_s"], 1e-9),

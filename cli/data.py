@@ -10,9 +10,9 @@ import click
 
 from cli.common import user_errors
 from mlxhv.data import (
-    compute_stats, format_stats, load_examples, stratified_split, synth_examples, validate_files, write_jsonl,
+    compute_stats, format_stats, load_examples, parse_decision_weights, stratified_split, synth_examples,
+    validate_files, write_jsonl,
 )
-from mlxhv.data.synth import parse_decision_weights
 from mlxhv.data.io import OutputExists
 from mlxhv.schema import SCHEMAS, json_schema
 

@@ -169,7 +169,7 @@ def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
     mb = _minibatch(b, 0.5)  # rows 0, 1 = the first prompt's group
     _, m_rows = update_minibatch(st, mb)
     st2 = state()
-    shared = (b, groups[:1], None if trunk is None else trunk[:1], start)
+    shared = (groups[:1], None if trunk is None else trunk[:1], start)
     _, m_shared = update_minibatch(st2, mb, shared)
     for key in ("loss", "pg_loss", "v_loss", "entropy", "grad_norm"):
         assert m_shared[key] == pytest.approx(m_rows[key], rel=1e-4, abs=1e-6)

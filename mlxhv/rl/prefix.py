@@ -98,44 +98,43 @@ def run_blocks(blocks, hp: mx.array, hr: mx.array) -> tuple[mx.array, mx.array]:
     return hp, hr
 
 
-def _answer_inputs(batch: RolloutBatch, g: Group, width: int) -> np.ndarray:
-    """(k, width - 1) answer tokens fed as inputs: token t's state predicts token t + 1 (padding is masked)."""
-    return batch.targets[g.rows, : width - 1]
+def _embed(model, g: Group, answers) -> tuple[mx.array, mx.array]:
+    """Embeddings of the prompt (1, P, H) and of the answer tokens fed as inputs (k, R, H). `answers` (k, L) are
+    the response targets; token t's state predicts token t + 1, so the last column is not an input."""
+    embed = model.model.embed_tokens
+    return embed(mx.array(g.prompt)[None]), embed(mx.array(answers[:, :-1]))
 
 
 def group_trunk(model, batch: RolloutBatch, groups: list[Group], start: int) -> list[tuple[mx.array, mx.array]]:
     """Hidden states after the first `start` blocks, per group: [(hp (1, P, H), hr (k, L - 1, H))]."""
-    inner, width = model.model, batch.targets.shape[1]
     out = []
     for g in groups:
-        hp = inner.embed_tokens(mx.array(g.prompt)[None])
-        hr = inner.embed_tokens(mx.array(_answer_inputs(batch, g, width)))
-        hp, hr = run_blocks(inner.layers[:start], hp, hr)
+        hp, hr = run_blocks(model.model.layers[:start], *_embed(model, g, batch.targets[g.rows]))
         mx.eval(hp, hr)
         out.append((hp, hr))
     return out
 
 
-def grouped_forward(model, value_head, batch: RolloutBatch, groups: list[Group], targets: mx.array,
-                    temperature: float, trunk=None, start: int = 0, with_entropy: bool = True):
+def grouped_forward(model, value_head, groups: list[Group], targets: mx.array, temperature: float,
+                    trunk=None, start: int = 0, with_entropy: bool = True):
     """`response_forward` for the rows of `groups`, in that order (rows of each group, group after group).
 
     targets (B, L) -> logprobs (B, L), entropy (B, L) or None, values (B, L) or None. `trunk` holds
     `group_trunk(..., start)` entries for these groups (or None: start from the embeddings)."""
     inner = model.model
     L = targets.shape[1]
-    states = []
+    states, row = [], 0
     for j, g in enumerate(groups):
+        k = len(g.rows)
         if trunk is None:
-            hp = inner.embed_tokens(mx.array(g.prompt)[None])
-            hr = inner.embed_tokens(mx.array(_answer_inputs(batch, g, L)))
+            hp, hr = _embed(model, g, targets[row:row + k])
             blocks = inner.layers
         else:
             hp, hr = trunk[j]
             hr = hr[:, : L - 1]
             blocks = inner.layers[start:]
+        row += k
         hp, hr = run_blocks(blocks, hp, hr)
-        k = len(g.rows)
         last = mx.broadcast_to(hp[:, -1:], (k, 1, hp.shape[-1]))  # the prompt's last state predicts token 0
         states.append(inner.norm(mx.concatenate([last, hr], axis=1)))  # (k, L, H)
     return response_heads(model, value_head, mx.concatenate(states), targets, temperature, with_entropy)
@@ -149,7 +148,7 @@ def grouped_no_grad(model, value_head, batch: RolloutBatch, groups: list[Group],
     for chunk in _chunks(range(len(groups)), [len(g.rows) for g in groups], rows_per_pass):
         gs = [groups[j] for j in chunk]
         rows = np.concatenate([g.rows for g in gs])
-        lp, _, v = grouped_forward(model, value_head, batch, gs, mx.array(batch.targets[rows]), temperature,
+        lp, _, v = grouped_forward(model, value_head, gs, mx.array(batch.targets[rows]), temperature,
                                    None if trunk is None else [trunk[j] for j in chunk], start, with_entropy=False)
         if v is None:
             v = mx.zeros_like(lp)

@@ -25,9 +25,9 @@ from mlxhv import _blas
 from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, save_adapters
 from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, explained_variance, gae, kl_penalised_rewards,
                           leave_one_out_scores, masked_whiten, ppo_loss)
-from mlxhv.rl.reward import RewardSettings
 from mlxhv.rl.prefix import (group_minibatches, group_trunk, grouped_forward, grouped_no_grad, make_groups,
                              shared_start)
+from mlxhv.rl.reward import RewardSettings
 from mlxhv.rl.rollout import RolloutBatch, batched_no_grad, build_batch, eos_id, response_forward
 from mlxhv.rl.value import ValueHead, hidden_size
 
@@ -135,16 +135,16 @@ def _loss_fn(policy: Policy, tokens, positions, targets, mask, old_logprobs, old
     if shared is None:  # whole rows
         logprobs, entropy, values = response_forward(policy.model, policy.value_head, tokens, positions, targets,
                                                      temperature)
-    else:  # (batch, groups, trunk, start): each prompt once, rows ordered group by group
-        batch, groups, trunk, start = shared
-        logprobs, entropy, values = grouped_forward(policy.model, policy.value_head, batch, groups, targets,
-                                                    temperature, trunk, start)
+    else:  # (groups, trunk, start): each prompt once, rows ordered group by group
+        groups, trunk, start = shared
+        logprobs, entropy, values = grouped_forward(policy.model, policy.value_head, groups, targets, temperature,
+                                                    trunk, start)
     return ppo_loss(logprobs, values, entropy, old_logprobs, old_values, advantages, returns, mask, loss_settings)
 
 
 def update_minibatch(state: PPOState, mb: dict, shared=None) -> tuple[bool, dict]:
     """One gradient step on one minibatch. A step whose loss or gradient norm is not finite is skipped.
-    `shared` = (batch, groups, trunk, start) runs the minibatch's rows as prompt groups (rl/prefix.py)."""
+    `shared` = (groups, trunk, start) runs the minibatch's rows as prompt groups (rl/prefix.py)."""
     s = state.settings
     loss_and_grad = nn.value_and_grad(state.policy, _loss_fn)
     (loss, metrics), grads = loss_and_grad(state.policy, *(mx.array(mb[k]) for k in (
@@ -241,7 +241,7 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
             for key in ("positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns"):
                 mb[key] = mb[key][:, :width]
             shared = None if chunk is None else (
-                batch, [groups[j] for j in chunk], None if trunk is None else [trunk[j] for j in chunk], start)
+                [groups[j] for j in chunk], None if trunk is None else [trunk[j] for j in chunk], start)
             ok, m = update_minibatch(state, mb, shared)
             if ok:
                 logs.append(m)
