@@ -10,8 +10,8 @@ import click
 
 from cli.common import user_errors
 from mlxhv.data import (
-    compute_stats, format_stats, load_examples, parse_decision_weights, stratified_split, synth_examples,
-    validate_files, write_jsonl,
+    compute_stats, drop_overlap, format_stats, load_examples, parse_decision_weights, stratified_split,
+    synth_examples, validate_files, write_jsonl,
 )
 from mlxhv.data.io import OutputExists
 from mlxhv.schema import SCHEMAS, json_schema
@@ -80,8 +80,11 @@ def split(file, holdout, seed, out_dir, force):
 @click.option("--levels", default="1,2,3,4", show_default=True, help="Comma-separated curriculum levels.")
 @click.option("--decision-weights", default=None,
               help="Class mix, e.g. 'balanced' or 'VALIDATED=2,REJECTED=1,REFINED=1' [default: 0.5/0.3/0.2].")
+@click.option("--exclude", "excludes", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL file of examples (repeatable): leave out any example with the same hypothesis and "
+                   "evidence, so a holdout shares no prompt with a training set.")
 @click.option("--force", is_flag=True)
-def synth(n, seed, out, levels, decision_weights, force):
+def synth(n, seed, out, levels, decision_weights, excludes, force):
     """Procedurally generate N examples with known, rule-checkable labels (for tests and RL smoke runs)."""
     lv = tuple(int(x) for x in levels.split(","))
     try:
@@ -89,7 +92,12 @@ def synth(n, seed, out, levels, decision_weights, force):
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--decision-weights") from None
     with user_errors():
-        count = write_jsonl(out, synth_examples(n, seed=seed, levels=lv, decision_weights=weights), force=force)
+        examples = synth_examples(n, seed=seed, levels=lv, decision_weights=weights)
+        for path in excludes:
+            kept = drop_overlap(examples, load_examples(path))
+            click.echo(f"{len(examples) - len(kept)} examples left out: same hypothesis and evidence as in {path}")
+            examples = kept
+        count = write_jsonl(out, examples, force=force)
     click.echo(f"{out}: {count} examples")
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import click
 
 from cli.common import user_errors
-from mlxhv.eval.evaluator import GENERATION_PRESETS, EvalError, EvalSettings, load_run, run_eval
+from mlxhv.data import load_examples
+from mlxhv.eval.evaluator import (
+    GENERATION_PRESETS, PREDICTIONS, EvalError, EvalSettings, load_run, read_predictions, run_eval,
+)
+from mlxhv.eval.metrics import paired_outcomes
 from mlxhv.eval.report import format_compare, verdict
 
 
@@ -74,7 +78,9 @@ def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, s
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="Accuracy below which RL is worth pursuing.")
-def compare(runs, threshold):
+@click.option("-d", "--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The examples the runs answered: adds a paired test of each run against the first.")
+def compare(runs, threshold, data):
     """Side-by-side table of eval run directories RUNS, and the verdict."""
     loaded = []
     try:
@@ -87,6 +93,17 @@ def compare(runs, threshold):
     if len(set(names)) < len(names):
         loaded = [(str(r), m) for r, (_, m) in zip(runs, loaded)]
     click.echo(format_compare(loaded, threshold))
+    if data is not None and len(runs) > 1:
+        with user_errors():
+            gold = {e.id: e.expected_decision.value for e in load_examples(data)}
+            right = [{p.id: p.decision == gold[p.id] for p in read_predictions(Path(r) / PREDICTIONS) if p.id in gold}
+                     for r in runs]
+        click.echo(f"\nPaired on the examples of {data} (exact McNemar test against {loaded[0][0]}):")
+        for (name, _), correct in zip(loaded[1:], right[1:]):
+            po = paired_outcomes(right[0], correct)
+            click.echo(f"  {name}: {po['n']} common examples; right in both {po['both']}, only in {name} "
+                       f"{po['b_only']}, only in {loaded[0][0]} {po['a_only']}, in neither {po['neither']}; "
+                       f"p = {po['p_value']:.3g}")
 
 
 def _pct(v):

@@ -161,6 +161,31 @@ def test_verdict_and_compare(tmp_path):
     assert result.exit_code != 0 and "metrics.json: no such file" in result.output
 
 
+def test_mcnemar_exact_and_paired_compare(tmp_path):
+    from mlxhv.eval.metrics import mcnemar_exact, paired_outcomes
+
+    assert mcnemar_exact(0, 8) == 2 / 256 and mcnemar_exact(8, 0) == 2 / 256
+    assert mcnemar_exact(1, 5) == pytest.approx(2 * (1 + 6) / 64)  # C(6, 0) + C(6, 1) and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0
+    po = paired_outcomes({"a": True, "b": False, "c": False, "d": True}, {"a": True, "b": True, "c": False, "x": True})
+    assert po == {"n": 3, "both": 1, "a_only": 0, "b_only": 1, "neither": 1, "p_value": 1.0}
+    exs = synth_examples(9, seed=4)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(e.model_dump_json() + "\n" for e in exs))
+    for name in ("a", "b"):
+        evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path / name, generate_fn=StubEngine())
+    lines = (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()
+    flipped = json.loads(lines[0])  # make run b wrong on its first example
+    gold = {e.id: e.expected_decision.value for e in exs}
+    was_right = flipped["decision"] == gold[flipped["id"]]
+    flipped["decision"] = next(d for d in ("VALIDATED", "REJECTED") if d != gold[flipped["id"]])
+    (tmp_path / "b" / "predictions.jsonl").write_text("\n".join([json.dumps(flipped)] + lines[1:]) + "\n")
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    expect = f"only in b 0, only in a {int(was_right)}"
+    assert "9 common examples" in result.output and expect in result.output, result.output
+
+
 def test_format_compare_without_accuracy():
     assert "no run has an accuracy" in format_compare([("x", {"accuracy": None})])
 

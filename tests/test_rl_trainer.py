@@ -131,6 +131,35 @@ def test_judge_score_reads_the_answer_prefix():
     assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised
 
 
+def test_accuracy_per_gold_class():
+    """acc_<gold> is averaged over the answers to prompts of that gold class only."""
+    from mlxhv.data import synth_examples
+    from mlxhv.prompts import JSON_ANSWER_PREFIX
+    from mlxhv.rl.reward import RewardSettings
+    from mlxhv.rl.trainer import judge_score_fn, mean_infos
+
+    exs = synth_examples(12, seed=0, decision_weights={"VALIDATED": 1, "REJECTED": 1, "REFINED": 0})
+    v = next(i for i, e in enumerate(exs) if e.expected_decision.value == "VALIDATED")
+    r = next(i for i, e in enumerate(exs) if e.expected_decision.value == "REJECTED")
+    score = judge_score_fn(exs, RewardSettings(), JSON_ANSWER_PREFIX)
+    answer = lambda d: SimpleNamespace(text=f'{d}", "confidence": 0.8}}', finish_reason="stop")  # noqa: E731
+    infos = [score(v, answer("VALIDATED"))[1], score(v, answer("REJECTED"))[1], score(v, answer("VALIDATED"))[1],
+             score(r, answer("VALIDATED"))[1]]
+    assert "acc_REJECTED" not in infos[0] and "acc_VALIDATED" not in infos[3]
+    m = mean_infos(infos)
+    assert m["acc_VALIDATED"] == pytest.approx(2 / 3) and m["acc_REJECTED"] == 0.0 and "acc_REFINED" not in m
+    assert m["accuracy"] == pytest.approx(2 / 4) and m["frac_VALIDATED"] == pytest.approx(3 / 4)
+    assert "_text" not in m
+
+
+def test_rolling_mean():
+    from mlxhv.rl.plot import rolling_mean
+
+    out = rolling_mean([1.0, None, 3.0, 5.0, None], 2)
+    assert out[:4] == [1.0, 1.0, 3.0, 4.0] and out[4] == 5.0
+    assert str(rolling_mean([None], 3)[0]) == "nan"
+
+
 @pytest.mark.parametrize("num_layers, cache_trunk", [(1, True), (1, False), (-1, True)])
 def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
     """Each prompt run once for its k answers (rl/prefix.py), with or without the frozen-trunk cache, gives the

@@ -42,3 +42,15 @@ def stratified_split(examples: list[Example], holdout: float, seed: int) -> tupl
     train = [e for e in examples if e.id not in held_ids]
     held = [e for e in examples if e.id in held_ids]
     return train, held
+
+
+def content_key(e: Example) -> tuple:
+    """What a judge sees of an example: the hypothesis and the evidence texts (ids and labels left out)."""
+    return (e.hypothesis.strip(), tuple(ev.content.strip() for ev in e.evidence))
+
+
+def drop_overlap(examples: list[Example], others: list[Example]) -> list[Example]:
+    """The examples whose hypothesis and evidence are not those of any example in `others` (in order), so a
+    holdout shares no prompt with a training set."""
+    seen = {content_key(e) for e in others}
+    return [e for e in examples if content_key(e) not in seen]

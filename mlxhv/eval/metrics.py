@@ -237,3 +237,23 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
     out["reliability"] = reliability_bins(scored_confidences(pred, conf), correctness(gold, pred), n_bins)
     out.update(cost_metrics(preds, sessions))
     return out
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test on paired outcomes: b examples only run A gets right, c only run B. Under
+    "the two runs are equally accurate" each discordant example is a fair coin, so p = P(Binomial(b + c, 1/2) is
+    at least as far from its mean as observed) = min(1, 2 · Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c))."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
+
+
+def paired_outcomes(correct_a: dict[str, bool], correct_b: dict[str, bool]) -> dict:
+    """Per-example correctness of two runs (id -> right?) on their common ids -> counts and the McNemar p."""
+    ids = [i for i in correct_a if i in correct_b]
+    a_only = sum(correct_a[i] and not correct_b[i] for i in ids)
+    b_only = sum(correct_b[i] and not correct_a[i] for i in ids)
+    both = sum(correct_a[i] and correct_b[i] for i in ids)
+    return {"n": len(ids), "both": both, "a_only": a_only, "b_only": b_only,
+            "neither": len(ids) - both - a_only - b_only, "p_value": mcnemar_exact(a_only, b_only)}

@@ -24,6 +24,15 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return steps, evals
 
 
+def rolling_mean(values: list, window: int) -> list[float]:
+    """Mean of the last `window` values that are not None, at each position (nan where there are none)."""
+    out = []
+    for i in range(len(values)):
+        seen = [v for v in values[max(0, i - window + 1): i + 1] if v is not None]
+        out.append(sum(seen) / len(seen) if seen else float("nan"))
+    return out
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     """Write the curves PNG; returns its path, or None when matplotlib is missing."""
     try:
@@ -42,6 +51,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
         if key == "invalid_frac" and any("frac_VALIDATED" in r for r in steps):
             for cls in ("VALIDATED", "REJECTED", "REFINED"):
                 ax.plot(xs, [r.get(f"frac_{cls}", float("nan")) for r in steps], lw=1, label=cls)
+            ax.legend(fontsize=7)
+        if key == "accuracy" and any("acc_VALIDATED" in r for r in steps):
+            for cls in ("VALIDATED", "REJECTED", "REFINED"):  # per gold class, mean of the last 10 steps
+                ax.plot(xs, rolling_mean([r.get(f"acc_{cls}") for r in steps], 10), lw=1, label=f"gold {cls}")
             ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("PPO step")

@@ -277,11 +277,19 @@ def ppo_iteration(state: PPOState, prompts: list[list[int]],
     for key in ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "grad_norm"):
         vals = [m[key] for m in logs]
         metrics[key] = float(np.mean(vals)) if vals else float("nan")
-    for key in infos[0] if infos else []:
+    metrics.update(mean_infos(infos))
+    return metrics
+
+
+def mean_infos(infos: list[dict]) -> dict[str, float]:
+    """Per-answer numbers of the score function -> their means; a key missing from some answers (acc_<gold>)
+    is averaged over the answers that have it. Non-numeric values are left out."""
+    out = {}
+    for key in dict.fromkeys(k for i in infos for k in i):
         vals = [i[key] for i in infos if isinstance(i.get(key), (int, float, bool))]
         if vals:
-            metrics[key] = float(np.mean(vals))
-    return metrics
+            out[key] = float(np.mean(vals))
+    return out
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -368,6 +376,7 @@ def judge_score_fn(examples, reward_settings: RewardSettings, answer_prefix: str
                    json_format=p.method == "json")
         info = {"accuracy": p.decision == gold, "invalid_frac": not p.is_valid}
         info.update({f"frac_{d}": p.decision == d for d in DECISIONS})  # what the policy samples, per class
+        info[f"acc_{gold}"] = p.decision == gold  # accuracy per gold class: does the answer follow the evidence?
         info.update(_conf=p.confidence, _correct=p.decision == gold, _valid=p.is_valid, _gold=gold,
                     _text=completion.text, _reward=r)
         return r, info
