@@ -88,3 +88,14 @@ def plot(run_dir, out):
     if path is None:
         raise click.ClickException("matplotlib is not installed: pip install 'mlxhv[plots]'")
     click.echo(str(path))
+
+
+@train.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--every", type=int, default=25, show_default=True, help="Steps per row.")
+def decisions(run_dir, every):
+    """Sampled decisions per gold class over a PPO run (from RUN_DIR/samples.jsonl): does it read the evidence?"""
+    from mlxhv.rl.plot import decisions_by_gold, format_decisions
+
+    with user_errors():
+        click.echo(format_decisions(decisions_by_gold(run_dir, every)))

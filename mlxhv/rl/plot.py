@@ -72,3 +72,46 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def decisions_by_gold(run_dir: str | Path, every: int = 25) -> list[dict]:
+    """What the policy sampled, per gold class, in windows of `every` steps, from RUN/samples.jsonl (answers
+    parsed after the run's answer prefix): [{"steps": (first, last), "counts": {gold: {decision: n}}}]. A judge
+    that reads the evidence answers differently for different gold classes; one that does not, the same."""
+    import json
+
+    from mlxhv.prompts import parse_answer
+
+    run_dir = Path(run_dir)
+    prefix = json.loads((run_dir / "settings.json").read_text()).get("answer_prefix", "")
+    windows: dict[int, dict] = {}
+    for _, rec in iter_jsonl(run_dir / "samples.jsonl"):
+        if not isinstance(rec, dict):
+            continue
+        w = windows.setdefault((rec["step"] - 1) // every, {"steps": [rec["step"], rec["step"]], "counts": {}})
+        w["steps"] = [min(w["steps"][0], rec["step"]), max(w["steps"][1], rec["step"])]
+        for s in rec["samples"]:
+            d = parse_answer(prefix + s["text"]).decision
+            row = w["counts"].setdefault(s["gold"], {})
+            row[d] = row.get(d, 0) + 1
+    return [windows[k] for k in sorted(windows)]
+
+
+def format_decisions(windows: list[dict]) -> str:
+    """Markdown: one row per window, per gold class the shares sampled VALIDATED / REJECTED / REFINED / other."""
+    from mlxhv.schema import DECISIONS
+
+    head = "| steps | " + " | ".join(f"gold {g}: V / RJ / RF / other" for g in DECISIONS) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(DECISIONS)]
+    for w in windows:
+        cells = []
+        for g in DECISIONS:
+            c = w["counts"].get(g, {})
+            n = sum(c.values())
+            if not n:
+                cells.append("–")
+                continue
+            shares = [c.get(d, 0) / n for d in DECISIONS] + [sum(v for k, v in c.items() if k not in DECISIONS) / n]
+            cells.append(" / ".join(f"{x:.2f}" for x in shares) + f" (n={n})")
+        lines.append(f"| {w['steps'][0]}-{w['steps'][1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
