@@ -58,7 +58,7 @@ def test_synth_decision_weights(tmp_path):
 
 def test_synth_exclude_leaves_no_shared_prompt(tmp_path):
     """--exclude drops exactly the examples whose hypothesis and evidence appear in the excluded file."""
-    from mlxhv.data import load_examples
+    from mlxhv.data import load_examples, synth_examples
     from mlxhv.data.split import content_key
 
     train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
@@ -66,7 +66,6 @@ def test_synth_exclude_leaves_no_shared_prompt(tmp_path):
     r = run("data", "synth", "-n", "40", "--levels", "1", "--seed", "1", "--exclude", str(train), "-o", str(held))
     assert r.exit_code == 0, r.output
     seen = {content_key(e) for e in load_examples(train)}
-    from mlxhv.data import synth_examples
     full = synth_examples(40, seed=1, levels=(1,))
     expected = [e.id for e in full if content_key(e) not in seen]
     assert 0 < len(expected) < 40  # level 1 repeats itself: some overlap, not all

@@ -165,7 +165,8 @@ def test_mcnemar_exact_and_paired_compare(tmp_path):
     from mlxhv.eval.metrics import mcnemar_exact, paired_outcomes
 
     assert mcnemar_exact(0, 8) == 2 / 256 and mcnemar_exact(8, 0) == 2 / 256
-    assert mcnemar_exact(1, 5) == pytest.approx(2 * (1 + 6) / 64)  # C(6, 0) + C(6, 1) and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(1, 5) == pytest.approx(2 * (1 + 6) / 64)  # C(6, 0) + C(6, 1)
+    assert mcnemar_exact(3, 3) == 1.0
     assert mcnemar_exact(0, 0) == 1.0
     po = paired_outcomes({"a": True, "b": False, "c": False, "d": True}, {"a": True, "b": True, "c": False, "x": True})
     assert po == {"n": 3, "both": 1, "a_only": 0, "b_only": 1, "neither": 1, "p_value": 1.0}

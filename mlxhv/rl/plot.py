@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlxhv.data.io import iter_jsonl
+from mlxhv.schema import DECISIONS
 
 PANELS = [("reward_mean", "mean reward"), ("accuracy", "train accuracy (samples)"),
           ("invalid_frac", "sampled answers: unparseable / per class"), ("kl", "KL to reference (nats / answer)"),
@@ -49,11 +50,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     for ax, (key, title) in zip(axes.flat, PANELS):
         ax.plot(xs, [r.get(key, float("nan")) for r in steps], marker="o", ms=3, label=key)
         if key == "invalid_frac" and any("frac_VALIDATED" in r for r in steps):
-            for cls in ("VALIDATED", "REJECTED", "REFINED"):
+            for cls in DECISIONS:
                 ax.plot(xs, [r.get(f"frac_{cls}", float("nan")) for r in steps], lw=1, label=cls)
             ax.legend(fontsize=7)
         if key == "accuracy" and any("acc_VALIDATED" in r for r in steps):
-            for cls in ("VALIDATED", "REJECTED", "REFINED"):  # per gold class, mean of the last 10 steps
+            for cls in DECISIONS:  # per gold class, mean of the last 10 steps
                 ax.plot(xs, rolling_mean([r.get(f"acc_{cls}") for r in steps], 10), lw=1, label=f"gold {cls}")
             ax.legend(fontsize=7)
         ax.set_title(title)
@@ -76,7 +77,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
 
 def decisions_by_gold(run_dir: str | Path, every: int = 25) -> list[dict]:
     """What the policy sampled, per gold class, in windows of `every` steps, from RUN/samples.jsonl (answers
-    parsed after the run's answer prefix): [{"steps": (first, last), "counts": {gold: {decision: n}}}]. A judge
+    parsed after the run's answer prefix): [{"steps": [first, last], "counts": {gold: {decision: n}}}]. A judge
     that reads the evidence answers differently for different gold classes; one that does not, the same."""
     import json
 
@@ -99,8 +100,6 @@ def decisions_by_gold(run_dir: str | Path, every: int = 25) -> list[dict]:
 
 def format_decisions(windows: list[dict]) -> str:
     """Markdown: one row per window, per gold class the shares sampled VALIDATED / REJECTED / REFINED / other."""
-    from mlxhv.schema import DECISIONS
-
     head = "| steps | " + " | ".join(f"gold {g}: V / RJ / RF / other" for g in DECISIONS) + " |"
     lines = [head, "| --- |" + " ---: |" * len(DECISIONS)]
     for w in windows:

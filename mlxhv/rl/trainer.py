@@ -374,10 +374,11 @@ def judge_score_fn(examples, reward_settings: RewardSettings, answer_prefix: str
         gold = examples[i].expected_decision.value
         r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings,
                    json_format=p.method == "json")
-        info = {"accuracy": p.decision == gold, "invalid_frac": not p.is_valid}
+        correct = p.decision == gold
+        info = {"accuracy": correct, "invalid_frac": not p.is_valid}
         info.update({f"frac_{d}": p.decision == d for d in DECISIONS})  # what the policy samples, per class
-        info[f"acc_{gold}"] = p.decision == gold  # accuracy per gold class: does the answer follow the evidence?
-        info.update(_conf=p.confidence, _correct=p.decision == gold, _valid=p.is_valid, _gold=gold,
+        info[f"acc_{gold}"] = correct  # accuracy per gold class: does the answer follow the evidence?
+        info.update(_conf=p.confidence, _correct=correct, _valid=p.is_valid, _gold=gold,
                     _text=completion.text, _reward=r)
         return r, info
 
