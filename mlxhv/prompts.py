@@ -25,6 +25,7 @@ else is dropped (None). The raw text is never changed here: callers keep it in `
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -98,6 +99,50 @@ def load_system_prompt(path: str | None) -> str:
 def resolve_answer_prefix(value: str | None) -> str:
     """Settings and the CLI accept "json" as a name for JSON_ANSWER_PREFIX; anything else is used as given."""
     return JSON_ANSWER_PREFIX if value == "json" else (value or "")
+
+
+PROMPT_CONFIG_FILE = "judge_prompt.json"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How a judge adapter was trained to be prompted; saved beside its weights so every user prompts it alike.
+
+    `system_prompt` is the full text (None: SYSTEM_PROMPT), so an adapter directory is self-contained offline."""
+
+    system_prompt: Optional[str] = None
+    answer_prefix: str = ""
+    max_tokens: Optional[int] = None
+
+    @property
+    def system_prompt_text(self) -> str:
+        return self.system_prompt or SYSTEM_PROMPT
+
+
+def write_prompt_config(adapter_dir, config: PromptConfig) -> None:
+    """Write `adapter_dir/judge_prompt.json` (mlx-lm ignores the file; `read_prompt_config` reads it back)."""
+    from pathlib import Path
+
+    d = dataclasses.asdict(config)
+    if d["system_prompt"] == SYSTEM_PROMPT:
+        d["system_prompt"] = None
+    (Path(adapter_dir) / PROMPT_CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def read_prompt_config(adapter_dir) -> Optional[PromptConfig]:
+    """The PromptConfig saved with an adapter, or None for an adapter without one (made by mlx_lm.lora, say)."""
+    from pathlib import Path
+
+    from mlxhv.errors import ModelLoadError
+
+    path = Path(adapter_dir) / PROMPT_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return PromptConfig(**d)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelLoadError(f"{path}: not a judge prompt config ({e})") from None
 
 
 def render_prompt(tokenizer, example: Example, system_prompt: str = SYSTEM_PROMPT,

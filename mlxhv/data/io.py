@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from pydantic import BaseModel, ValidationError
 
+from mlxhv.errors import DataError, OutputExists  # noqa: F401  (raised here, re-exported)
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -31,20 +33,6 @@ class LineError:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class DataError(Exception):
-    """One or more problems in input files; `errors` holds each as a LineError."""
-
-    def __init__(self, errors: list[LineError]):
-        self.errors = list(errors)
-        head = "\n".join(str(e) for e in self.errors[:20])
-        more = f"\n… and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
-        super().__init__(head + more)
-
-
-class OutputExists(Exception):
-    pass
 
 
 def field_path(loc: tuple) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from mlxhv.errors import EvalError  # noqa: F401  (raised here, re-exported)
 from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail
 from mlxhv.eval.metrics import compute_metrics
 from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, parse_answer, prompt_opens_think,
@@ -50,10 +51,6 @@ GENERATION_PRESETS = {
 # Fields of EvalSettings a resumed run must share with the run that wrote predictions.jsonl.
 RESUME_KEYS = ("model", "precision", "adapter_path", "max_tokens", "temperature", "top_p", "seed", "answer_prefix",
                "prompt_sha")
-
-
-class EvalError(Exception):
-    pass
 
 
 def generation_preset(model: str) -> dict:

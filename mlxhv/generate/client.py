@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, TypeVar
 import openai
 from pydantic import BaseModel, ValidationError
 
+from mlxhv.errors import GenerateError
 from mlxhv.data.io import pydantic_errors
 from mlxhv.generate.drafts import SAMPLES
 from mlxhv.generate.ledger import Ledger
@@ -57,10 +58,6 @@ class ClientSettings:
     max_retry_after_s: float = 300.0  # longest server-requested wait we honour
     max_fix_rounds: int = 2  # re-asks with the validation errors before a reply counts as invalid
     temperature: Optional[float] = None  # None: not sent (o1-class models reject it)
-
-
-class GenerateError(Exception):
-    """Base class of errors raised by mlxhv.generate."""
 
 
 class APIFailure(GenerateError):

@@ -1,5 +1,3 @@
-"""The one exception the model layer raises for things a user can fix."""
+"""The model layer's error (defined in mlxhv.errors, under the common root)."""
 
-
-class ModelLoadError(Exception):
-    """A model could not be loaded; the message says why and what to do (offline preset, memory, format)."""
+from mlxhv.errors import ModelLoadError  # noqa: F401
