@@ -105,9 +105,10 @@ def topics(n, domains, out, model, max_tokens, base_url, mode, concurrency, time
                               client=_client_settings(base_url, mode, timeout_s, max_retries, backoff_base_s,
                                                       max_fix_rounds, temperature))
     report = _run(lambda: generate_topics(settings, echo=click.echo))
-    if report.shortfall:
+    if report.shortfall or report.aborted:
         short = ", ".join(f"{d} {k}" for d, k in report.shortfall.items())
-        click.echo(f"short of the quota ({short}); run again with --force to retry", err=True)
+        again = "with --force " if report.topics else ""
+        click.echo(f"short of the quota ({short}); run again {again}to retry", err=True)
         sys.exit(1)
 
 

@@ -8,7 +8,9 @@ and returns a valid `ExampleDraft`, an accepting `QAVerdict` or a `TopicList`. T
     server.push(error(429, headers={"Retry-After": "1"}))     # the next request of any kind
     server.fail_after = 5                                     # every request after the 5th: 500
 
-Every request is recorded (`server.requests`: kind, body, headers with lower-case names, time). Usable as a context manager.
+Every request is recorded (`server.requests`: kind, body, headers with lower-case names, time, and `replied`: when
+its whole reply was written to the socket, None until then or when the client had gone). Usable as a context
+manager.
 """
 
 from __future__ import annotations
@@ -134,17 +136,18 @@ class LoopbackOpenAI:
     def __exit__(self, *exc):
         self.stop()
 
-    def _pick(self, kind: str, body: dict, headers: dict) -> Reply:
+    def _pick(self, kind: str, body: dict, headers: dict) -> tuple[dict, Reply]:
+        record = {"kind": kind, "body": body, "headers": headers, "time": time.time(), "replied": None}
         with self.lock:
-            self.requests.append({"kind": kind, "body": body, "headers": headers, "time": time.time()})
+            self.requests.append(record)
             count = len(self.requests)
             for i, (k, r) in enumerate(self.queue):
                 if k is None or k == kind:
                     del self.queue[i]
-                    return r
+                    return record, r
             if self.fail_after is not None and count > self.fail_after:
-                return self.fail_reply
-        return self.smart(kind, body, self)
+                return record, self.fail_reply
+        return record, self.smart(kind, body, self)
 
     def _handler(self):
         server = self
@@ -163,12 +166,13 @@ class LoopbackOpenAI:
                     return self._send(error(404, f"no route {self.path}"))
                 body = json.loads(raw or b"{}")
                 kind = classify(body)
-                r = server._pick(kind, body, {k.lower(): v for k, v in self.headers.items()})
+                record, r = server._pick(kind, body, {k.lower(): v for k, v in self.headers.items()})
                 if r.delay_s or server.delay_s:
                     time.sleep(r.delay_s or server.delay_s)
-                self._send(r)
+                if self._send(r):
+                    record["replied"] = time.time()
 
-            def _send(self, r: Reply):
+            def _send(self, r: Reply) -> bool:
                 data = r.body if isinstance(r.body, str) else json.dumps(r.body)
                 data = data.encode("utf-8")
                 try:
@@ -179,8 +183,10 @@ class LoopbackOpenAI:
                         self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
+                    self.wfile.flush()
+                    return True
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    return False
 
         return Handler
 

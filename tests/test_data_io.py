@@ -4,7 +4,7 @@ import os
 import pytest
 
 from mlxhv.data import DataError, append_jsonl, load_examples, read_records, repair_tail, synth_examples, write_jsonl
-from mlxhv.data.io import OutputExists
+from mlxhv.data.io import OutputExists, write_json_atomic
 from mlxhv.data.validate import validate_file
 from mlxhv.schema import Example
 
@@ -86,3 +86,47 @@ def test_append_and_repair_tail(tmp_path):
     assert [e.id for e in load_examples(p)] == [e.id for e in exs]
     assert p.read_bytes().endswith(b"\n")
     assert os.path.getsize(p) == sum(len(e.to_json().encode()) + 1 for e in exs)
+
+
+def test_write_json_atomic_replaces_the_file_whole(tmp_path):
+    p = tmp_path / "sub" / "m.json"
+    obj = {"model": "smöl", "n": 3, "ece": 0.125, "by": {"a": [1, 2]}}
+    write_json_atomic(p, obj)
+    assert json.loads(p.read_text(encoding="utf-8")) == obj and p.read_text(encoding="utf-8").endswith("}\n")
+    assert "smöl" in p.read_text(encoding="utf-8")  # UTF-8, not \u escapes
+    write_json_atomic(p, [1], indent=1)
+    assert p.read_text() == "[\n 1\n]\n"
+    assert [f.name for f in p.parent.iterdir()] == ["m.json"]  # no temp files left
+
+
+def test_write_json_atomic_honours_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {})
+        write_jsonl(tmp_path / "b.jsonl", synth_examples(1, seed=0))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # as open(..., "w") would make it
+    assert (tmp_path / "b.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("crash", ["replace", "fsync", "serialise"])
+def test_write_json_atomic_crash_leaves_the_old_file(tmp_path, monkeypatch, crash):
+    p = tmp_path / "ledger.json"
+    p.write_text('{"old": true}\n')
+    before = p.read_bytes()
+    obj = {"new": list(range(1000))}
+
+    def boom(*args):
+        raise OSError("simulated crash")
+
+    if crash == "replace":
+        monkeypatch.setattr(os, "replace", boom)  # killed after the temp file was written, before the rename
+    elif crash == "fsync":
+        monkeypatch.setattr(os, "fsync", boom)  # killed mid-write
+    else:
+        obj = {"new": object()}  # not JSON: fails before anything is written
+    with pytest.raises((OSError, TypeError)):
+        write_json_atomic(p, obj)
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["ledger.json"]  # the temp file was removed

@@ -19,7 +19,8 @@ from loopback_openai import LoopbackOpenAI, error, example_draft, qa_verdict, re
 from mlxhv.data.io import load_examples
 from mlxhv.data.stats import balance_targets
 from mlxhv.generate import ClientSettings, GenerateSettings, generate_examples
-from mlxhv.generate.examples import make_plan, side_path
+from mlxhv.generate.resume import make_plan
+from mlxhv.generate.settings import side_path
 from mlxhv.schema import DOMAINS
 
 KEY = "sk-test-SUPERSECRET0123456789"
@@ -85,6 +86,24 @@ def check_plan_satisfied(s):
 
 def first_item(s):
     return make_plan(s)[1][0]
+
+
+def generate_args(topics_file, out, srv, n=20):
+    return ["data", "generate", "--topics", str(topics_file), "-n", str(n), "-o", str(out), "--base-url", srv.url,
+            "--concurrency", "2", "--backoff", "0.01", "--no-progress"]
+
+
+def spawn_cli(args):
+    """`mlxhv ARGS` in a subprocess, stdout and stderr together."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for_lines(path, k, timeout_s=60):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and (not path.exists() or len(path.read_text().splitlines()) < k):
+        time.sleep(0.02)
 
 
 def test_valid_replies_fill_the_plan(tmp_path, server, topics_file):
@@ -301,14 +320,9 @@ def test_kill_half_way_then_resume(tmp_path, server, topics_file):
     """SIGKILL a CLI run in a subprocess mid-way, then run the same command: exactly the planned ids, once each."""
     server.delay_s = 0.05
     out = tmp_path / "examples.jsonl"
-    args = ["data", "generate", "--topics", str(topics_file), "-n", "20", "-o", str(out), "--base-url", server.url,
-            "--concurrency", "2", "--backoff", "0.01", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 5):
-        time.sleep(0.02)
+    args = generate_args(topics_file, out, server)
+    proc = spawn_cli(args)
+    wait_for_lines(out, 5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = len(jsonl(out))
@@ -444,3 +458,85 @@ def test_unusable_qa_reply_is_asked_again_before_discarding(tmp_path, server, to
     rejects = jsonl(side_path(server2_out, "rejects.jsonl"))
     assert rejects[0]["kind"] == "qa-error" and rejects[0]["example"] is not None
     assert "cut by the token limit" in rejects[0]["reasons"][0]
+
+
+def test_ctrl_c_stops_within_seconds_keeps_every_accepted_example_then_resumes(tmp_path, server, topics_file):
+    """SIGINT a CLI run whose API calls hang: it exits in a few seconds, with every accepted example on disk."""
+    server.delay_s = 0.05
+    out = tmp_path / "examples.jsonl"
+    args = generate_args(topics_file, out, server)
+    proc = spawn_cli(args)
+    try:
+        wait_for_lines(out, 3)
+        server.delay_s = 30.0  # from now on every call hangs, as an o1 request thinking for minutes does
+        deadline = time.time() + 20
+        while time.time() < deadline and sum(r["replied"] is None for r in server.requests) < 2:
+            time.sleep(0.02)  # both workers are now waiting on a reply
+        time.sleep(0.5)  # the replies already sent have been handled
+        hanging = sum(r["replied"] is None for r in server.requests)
+        qa_answered = sum(r["kind"] == "qa" and r["replied"] is not None for r in server.requests)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=20)[0].decode()
+        stopped_in = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert hanging == 2 and 3 <= qa_answered < 20, (hanging, qa_answered, output)
+    assert stopped_in < 5.0, (stopped_in, output)  # the hanging calls (30 s) were not waited for
+    assert proc.returncode == 1 and "stopped early: interrupted (Ctrl-C)" in output, output
+    examples = load_examples(out)  # valid JSONL, each line a valid Example, ids unique
+    assert len(examples) == qa_answered  # every example the judge accepted is on disk
+    _, items, _ = make_plan(GenerateSettings(topics=topics_file, out=out, n=20))
+    assert {e.id for e in examples} <= {it.id for it in items}
+    saved = json.loads(side_path(out, "report.json").read_text())
+    assert saved["aborted"] == "interrupted (Ctrl-C)" and saved["accepted"] == len(examples)
+    before = len(server.requests)
+    server.delay_s = 0.0
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert f"{len(examples)} of 20 done" in r.output
+    check_plan_satisfied(GenerateSettings(topics=topics_file, out=out, n=20))
+    assert server.kinds()[before:].count("example") == 20 - len(examples)
+
+
+def test_topics_api_failure_stops_keeps_what_was_kept_and_reports(tmp_path, server):
+    """The pool's policy for topics too: an API failure stops the job, kept topics are written, exit 1."""
+    out = tmp_path / "topics.jsonl"
+    server.fail_after = 1  # finance gets its topics, then every request is refused
+    server.fail_reply = error(401, "Incorrect API key provided")
+    args = ["data", "topics", "-n", "4", "--domains", "finance,risk", "-o", str(out), "--base-url", server.url,
+            "--concurrency", "1", "--no-progress"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, r.output
+    assert "stopped early: o1: HTTP 401" in r.output and "run again with --force" in r.output
+    assert [row["domain"] for row in jsonl(out)] == ["finance", "finance"]
+    assert server.kinds() == ["topics", "topics"]  # the 401 was not retried
+    server.fail_after = None
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    assert sorted(row["domain"] for row in jsonl(out)) == ["finance", "finance", "risk", "risk"]
+    out.unlink()
+    server.fail_after = 0  # nothing kept: no file that a rerun would have to --force away
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "HTTP 401" in r.output and not out.exists()
+
+
+def test_stop_event_from_the_caller_ends_the_run_after_the_running_item(tmp_path, topics_file):
+    import threading
+
+    from loopback_openai import smart_reply
+
+    stop = threading.Event()
+
+    def stopper(kind, body, srv):
+        if kind == "qa" and srv.kinds().count("qa") == 3:
+            stop.set()  # another thread asks the run to end while item 3 waits for its verdict
+        return smart_reply(kind, body, srv)
+
+    with LoopbackOpenAI(smart=stopper) as srv:
+        s = settings(tmp_path, srv, topics_file, n=8)
+        report = generate_examples(s, echo=lambda _: None, stop=stop)
+        assert report.accepted == 3 and report.aborted == "stopped by the caller"  # item 3 finished, no 4th
+        assert srv.kinds() == ["example", "qa"] * 3 and len(jsonl(s.out)) == 3
+        assert run(s).complete
+    check_plan_satisfied(s)

@@ -189,7 +189,7 @@ def test_ledger_prices_and_costs():
 def test_read_done_checks_each_line_against_the_plan(tmp_path):
     from mlxhv.data import synth_examples
     from mlxhv.data.io import DataError
-    from mlxhv.generate.examples import read_done
+    from mlxhv.generate.resume import read_done
     from mlxhv.generate.plan import PlanItem
 
     a, b, c = synth_examples(3, seed=0)

@@ -4,17 +4,20 @@
 - `append_jsonl` writes each record as one whole line with a single `write` on an O_APPEND descriptor and fsyncs,
   so a killed run leaves at worst a missing line, never half of one; `repair_tail` cuts a partial last line that an
   older writer (or a full disk) left behind, before a run resumes by appending.
-- `write_jsonl` writes a whole file atomically (temp file + rename) and refuses to overwrite unless `force`.
+- `write_jsonl` writes a whole file atomically and refuses to overwrite unless `force`; `write_json_atomic` writes
+  one JSON document the same way. Atomic here: a temp file in the same directory, fsync, `os.replace`, so a crash
+  leaves the old file or the new one, never a mix; the temp file is removed when the write fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, TextIO, Union
 
 from pydantic import BaseModel, ValidationError
 
@@ -183,23 +186,38 @@ def append_jsonl(path: PathLike, records: Iterable[Any], fsync: bool = True) -> 
     return n
 
 
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file that replaces `path` when the block ends without error (see module doc), else is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for a plain open()
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_jsonl(path: PathLike, records: Iterable[Any], force: bool = False) -> int:
     """Write a whole file atomically; refuse to replace an existing file unless `force`."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExists(f"{path}: already exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(_dump(rec))
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as f:
+        for rec in records:
+            f.write(_dump(rec))
+            n += 1
     return n
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2) -> None:
+    """Write `obj` as one JSON document (UTF-8, trailing newline) atomically, replacing any file at `path`."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"  # serialise first: a bad obj writes nothing
+    with _atomic_file(Path(path)) as f:
+        f.write(text)

@@ -3,18 +3,24 @@
 - `client`: the SDK wrapper (structured outputs or schema-in-prompt, retries, re-asks, key redaction);
 - `drafts`: the pydantic models the API fills, and their conversion to `mlxhv.schema.Example`;
 - `plan`: the deterministic plan (domain × level × decision × topic per id) and its fingerprint;
-- `topics` / `examples`: the two jobs behind `mlxhv data topics` and `mlxhv data generate`;
+- `topics` / `examples`: the two jobs behind `mlxhv data topics` and `mlxhv data generate`; `examples` runs
+  `settings`, `resume` (plan file, what OUT holds), `worker` (one item), `report` and `estimate` (--dry-run);
+- `pool`: the one worker pool both jobs use (`run_pool`), with its failure policy;
 - `ledger`: tokens and cost per model.
 """
 
 from mlxhv.generate.client import APIFailure, ClientSettings, GenerateError, ReplyError, call_json, make_client
-from mlxhv.generate.examples import GenerateReport, GenerateSettings, dry_run, estimate_cost, generate_examples
+from mlxhv.generate.estimate import dry_run, estimate_cost
+from mlxhv.generate.examples import generate_examples
 from mlxhv.generate.ledger import DEFAULT_PRICES, Ledger
 from mlxhv.generate.plan import PlanItem, format_plan, plan_examples, plan_fingerprint
+from mlxhv.generate.pool import run_pool
+from mlxhv.generate.report import GenerateReport
+from mlxhv.generate.settings import GenerateSettings
 from mlxhv.generate.topics import TopicsSettings, generate_topics
 
 __all__ = [
     "APIFailure", "ClientSettings", "GenerateError", "ReplyError", "call_json", "make_client", "GenerateReport",
     "GenerateSettings", "dry_run", "estimate_cost", "generate_examples", "DEFAULT_PRICES", "Ledger", "PlanItem",
-    "format_plan", "plan_examples", "plan_fingerprint", "TopicsSettings", "generate_topics",
+    "format_plan", "plan_examples", "plan_fingerprint", "run_pool", "TopicsSettings", "generate_topics",
 ]

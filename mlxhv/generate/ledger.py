@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from mlxhv.data.io import write_json_atomic
+
 # USD per 1M tokens (input, output): OpenAI list prices, standard tier, as published in 2025 — check before a big run.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "o1": (15.00, 60.00),
@@ -122,10 +124,18 @@ class Ledger:
             ledger.usage[model] = ModelUsage(**{k: int(row.get(k, 0)) for k in asdict(ModelUsage())})
         return ledger
 
+    @classmethod
+    def load(cls, path: Path, prices: Optional[dict] = None) -> "Ledger":
+        """The ledger saved at `path`; empty when the file is missing or damaged (the count restarts)."""
+        if path.exists():
+            try:
+                return cls.from_json(json.loads(path.read_text()), prices)
+            except (ValueError, TypeError, AttributeError):
+                pass
+        return cls(prices)
+
     def save(self, path: Path) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, self.to_json())
 
     def format(self, title: str = "token ledger") -> str:
         lines = [f"{title}:", f"  {'model':<22} {'requests':>8} {'prompt':>10} {'completion':>11} "

@@ -7,13 +7,16 @@ topics plus a margin (`need + max(2, need // 4)`), keeps the first ones that are
 Duplicate test (`is_duplicate`): titles are normalised — lower case, words only, stop words and a plural "s"
 dropped — and two titles are the same topic when the normalised word sets are equal or their Jaccard overlap is
 ≥ `DUPLICATE_JACCARD` (0.75). The test spans domains: a topic is kept in the first domain that proposed it.
+
+Domains run in `pool.run_job`: an API failure or Ctrl-C stops the job, the topics kept so far are written all the
+same when there are any (the report says why it stopped, `aborted`); after Ctrl-C KeyboardInterrupt is raised
+again.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +25,7 @@ from tqdm import tqdm
 
 from mlxhv.data.io import OutputExists, write_jsonl
 from mlxhv.generate.client import APIFailure, ClientSettings, ReplyError, call_json, make_client
+from mlxhv.generate.pool import run_job
 from mlxhv.generate.drafts import TopicList
 from mlxhv.generate.ledger import DEFAULT_PRICES, Ledger
 from mlxhv.generate.plan import apportion, domain_abbreviations
@@ -56,6 +60,7 @@ class TopicsReport:
     quota: dict[str, int]
     problems: list[str]
     ledger: Ledger
+    aborted: Optional[str] = None  # why the job stopped before every domain was done (an API failure, Ctrl-C)
 
     @property
     def shortfall(self) -> dict[str, int]:
@@ -100,9 +105,12 @@ def generate_topics(settings: TopicsSettings, client=None, echo: Callable[[str],
     seen: list[frozenset[str]] = []
     problems: list[str] = []
     lock = threading.Lock()
+    stop = threading.Event()
 
     def one_domain(domain: str) -> None:
         for _ in range(settings.max_rounds):
+            if stop.is_set():
+                return
             with lock:
                 need = quota[domain] - len(kept[domain])
                 avoid = [title for title, _ in kept[domain]]
@@ -131,18 +139,20 @@ def generate_topics(settings: TopicsSettings, client=None, echo: Callable[[str],
                 if dups:
                     problems.append(f"{domain}: dropped {dups} duplicate topic(s)")
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool, \
-            tqdm(total=len(settings.domains), desc="topics", unit="domain", disable=not settings.progress) as bar:
-        for fut in as_completed([pool.submit(one_domain, d) for d in settings.domains]):
-            fut.result()  # re-raises APIFailure
-            bar.update(1)
-
+    with tqdm(total=len(settings.domains), desc="topics", unit="domain", disable=not settings.progress) as bar:
+        aborted, interrupted = run_job(settings.domains, one_domain, settings.concurrency, stop,
+                                       on_done=lambda domain, _: bar.update(1))
     abbr = domain_abbreviations(settings.domains)
-    topics = [Topic(id=f"{abbr[d]}-t{i:03d}", domain=d, title=title, description=desc)
-              for d in settings.domains for i, (title, desc) in enumerate(kept[d], start=1)]
-    write_jsonl(settings.out, topics, force=settings.force)
-    report = TopicsReport(topics=topics, quota=quota, problems=problems, ledger=ledger)
+    with lock:  # abandoned workers (Ctrl-C) may still add to `kept`: write a snapshot
+        topics = [Topic(id=f"{abbr[d]}-t{i:03d}", domain=d, title=title, description=desc)
+                  for d in settings.domains for i, (title, desc) in enumerate(kept[d], start=1)]
+        notes = list(problems)
+    if topics or aborted is None:  # a job stopped before it kept anything leaves no file to --force away
+        write_jsonl(settings.out, topics, force=settings.force)
+    report = TopicsReport(topics=topics, quota=quota, problems=notes, ledger=ledger, aborted=aborted)
     echo(format_topics_report(report, settings.out))
+    if interrupted:
+        raise KeyboardInterrupt
     return report
 
 
@@ -152,6 +162,8 @@ def format_topics_report(report: TopicsReport, out: Path) -> str:
         have = sum(t.domain == d for t in report.topics)
         lines.append(f"  {d:<12} {have:3d} / {q}" + ("" if have >= q else "  SHORT"))
     lines += [f"  note: {p}" for p in report.problems[:20]]
+    if report.aborted:
+        lines.append(f"stopped early: {report.aborted}")
     lines.append(report.ledger.format())
     return "\n".join(lines)
 
