@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from mlxhv.schema import DECISIONS, INVALID, Example
+from mlxhv.schema import INVALID, Example
 
 SYSTEM_PROMPT = """You are a rigorous research analyst. You judge a business hypothesis against the evidence given.
 
@@ -238,8 +238,11 @@ def strip_think(text: str, in_think: bool = False) -> Optional[str]:
 
 
 def json_objects(text: str) -> list[str]:
-    """Every top-level `{…}` span with balanced braces (braces inside JSON strings ignored), in order."""
+    """Every top-level `{…}` span with balanced braces, in order. Braces inside strings are ignored: `"…"`
+    strings, and the `'…'` strings `_loads_lenient` accepts — a `'` opens one only where a key or value
+    starts (after `{`, `[`, `,` or `:`), so an apostrophe in unquoted text ("don't") opens nothing."""
     spans, depth, start, in_str, esc, quote = [], 0, -1, False, False, ""
+    prev = ""  # the last non-space character outside strings
     for i, ch in enumerate(text):
         if in_str:
             if esc:
@@ -247,9 +250,9 @@ def json_objects(text: str) -> list[str]:
             elif ch == "\\":
                 esc = True
             elif ch == quote:
-                in_str = False
+                in_str, prev = False, ch
             continue
-        if ch == '"' and depth > 0:
+        if depth > 0 and (ch == '"' or (ch == "'" and prev in ("{", "[", ",", ":"))):
             in_str, quote = True, ch
         elif ch == "{":
             if depth == 0:
@@ -259,6 +262,8 @@ def json_objects(text: str) -> list[str]:
             depth -= 1
             if depth == 0:
                 spans.append(text[start:i + 1])
+        if not ch.isspace():
+            prev = ch
     return spans
 
 
@@ -365,6 +370,3 @@ def parse_answer(text: str, in_think: bool = False) -> ParsedAnswer:
     if parsed is not None:
         return parsed
     return ParsedAnswer(INVALID, None, None, "none")
-
-
-assert set(_DECISION_ALIASES.values()) == set(DECISIONS)

@@ -4,10 +4,10 @@ import pytest
 
 from mlxhv.data import synth_examples
 from mlxhv.prompts import (
-    JSON_ANSWER_PREFIX, SYSTEM_PROMPT, build_messages, json_objects, normalize_confidence, normalize_decision,
-    parse_answer, prompt_opens_think, render_prompt, resolve_answer_prefix,
+    _DECISION_ALIASES, JSON_ANSWER_PREFIX, SYSTEM_PROMPT, build_messages, json_objects, normalize_confidence,
+    normalize_decision, parse_answer, prompt_opens_think, render_prompt, resolve_answer_prefix, strip_think,
 )
-from mlxhv.schema import INVALID
+from mlxhv.schema import DECISIONS, INVALID
 
 
 def test_messages_show_hypothesis_and_numbered_evidence():
@@ -153,3 +153,54 @@ def test_helpers():
     assert normalize_confidence(0.5) == 0.5 and normalize_confidence("0.5%") == pytest.approx(0.005)
     for bad in (-0.1, 150, "high", True, None, float("nan")):
         assert normalize_confidence(bad) is None
+
+
+def test_single_quoted_value_with_a_brace_stays_one_object():
+    """`_loads_lenient` reads Python-style '…' strings, so the span finder must skip braces inside them too; an
+    apostrophe in unquoted text opens no string (else it would swallow the objects after it)."""
+    text = ("Answer: {'decision': 'REFINED', 'confidence': 0.7, "
+            "'refined_hypothesis': 'margins rise (except Q4 :-}) in retail'}")
+    assert json_objects(text) == [text[len("Answer: "):]]
+    p = parse_answer(text)
+    assert (p.decision, p.confidence, p.method) == ("REFINED", 0.7, "json")
+    assert p.refined_hypothesis == "margins rise (except Q4 :-}) in retail"
+    text = "{note: don't know} then {'decision': 'REJECTED', 'confidence': 0.8} and {\"a\": \"it's }\"}"
+    assert json_objects(text) == ["{note: don't know}", "{'decision': 'REJECTED', 'confidence': 0.8}",
+                                  '{"a": "it\'s }"}']
+
+
+@pytest.mark.parametrize("text, answer, value", [
+    ('<think>{"a": 1}</think> {"a": 2}', ' {"a": 2}', {"a": 2}),
+    ('x</think>{"a": 1}</think>{"a": 2}', '{"a": 2}', {"a": 2}),
+    ('{"a": 3} <think>{"a": 1}', '{"a": 3} ', {"a": 3}),  # a think block the model opened and never closed
+    ('{"a": 4}', '{"a": 4}', {"a": 4}),
+    ('<think>{"a": 1} still thinking', '', None),        # only reasoning: no answer to read
+])
+def test_one_think_rule_for_judge_and_client(text, answer, value):
+    """The judge parser and the OpenAI client's JSON reader read the same answer part of a reply."""
+    from mlxhv.generate.client import extract_json
+
+    assert strip_think(text) == answer
+    if value is None:
+        with pytest.raises(ValueError, match="no JSON object"):
+            extract_json(text)
+    else:
+        assert extract_json(text) == value
+
+
+def test_decision_aliases_cover_the_decisions():
+    """Was a module-level `assert` in mlxhv/prompts.py (gone under `python -O`)."""
+    assert set(_DECISION_ALIASES.values()) == set(DECISIONS)
+    assert {normalize_decision(d) for d in DECISIONS} == set(DECISIONS)
+
+
+def test_no_module_level_asserts():
+    """An invariant checked by a top-level `assert` vanishes under `python -O`: such checks belong in tests."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = [f"{path.relative_to(root)}:{node.lineno}"
+             for pkg in ("mlxhv", "cli") for path in sorted((root / pkg).rglob("*.py"))
+             for node in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(node, ast.Assert)]
+    assert found == []

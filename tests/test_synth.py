@@ -56,3 +56,11 @@ def test_decision_weights_balanced_and_validated():
     for bad in ("VALID=1", "REJECTED", "REJECTED=x", "REJECTED=-1", "REJECTED=0"):
         with pytest.raises(ValueError, match="decision weight"):
             parse_decision_weights(bad)
+
+
+def test_every_decision_has_a_main_stance():
+    """Every decision has a main stance (a test, not an import-time assert: `python -O` drops asserts)."""
+    from mlxhv.data.synth import MAIN_STANCE
+    from mlxhv.schema import DECISIONS
+
+    assert set(MAIN_STANCE) == set(DECISIONS)

@@ -290,6 +290,3 @@ def synth_examples(n: int, seed: int = 0, domains: tuple[str, ...] = DOMAINS, le
         domain = domains[i % len(domains)]
         out.append(synth_example(rng, domain, labels[i], lv[i], f"{prefix}-{domain[:3]}-{i:05d}"))
     return out
-
-
-assert set(MAIN_STANCE) == set(DECISIONS)

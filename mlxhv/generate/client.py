@@ -38,6 +38,7 @@ from mlxhv.errors import GenerateError
 from mlxhv.data.io import pydantic_errors
 from mlxhv.generate.drafts import SAMPLES
 from mlxhv.generate.ledger import Ledger
+from mlxhv.prompts import strip_think
 
 T = TypeVar("T")
 MODES = ("structured", "prompt")
@@ -169,9 +170,9 @@ def with_retries(fn: Callable[[], T], *, settings: ClientSettings, model: str, l
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object in a reply: after any `</think>`, inside or outside ``` fences, prose ignored."""
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
+    """The first JSON object in a reply: after any `</think>` (`prompts.strip_think`), inside or outside ```
+    fences, prose ignored."""
+    text = strip_think(text)
     decoder = json.JSONDecoder()
     start = text.find("{")
     last_error: Optional[json.JSONDecodeError] = None

@@ -35,9 +35,8 @@ def report(matmul_n: int = 1024) -> dict:
             "gflops": round(_blas.measure_gflops(matmul_n), 1)}
     if st.active and threads is not None:  # also the other thread count, to show what it buys
         other = 2 if threads == 1 else 1
-        _blas.set_threads(other)
-        blas[f"gflops_{other}_threads"] = round(_blas.measure_gflops(matmul_n), 1)
-        _blas.set_threads(threads)
+        with _blas.threads(other):
+            blas[f"gflops_{other}_threads"] = round(_blas.measure_gflops(matmul_n), 1)
     device = mx.default_device()
     try:
         dev_info = {k: v for k, v in mx.device_info().items() if isinstance(v, (int, float, str))}

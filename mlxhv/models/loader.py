@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxhv._blas import cache_dir
+from mlxhv.paths import cache_dir
 from mlxhv.models import memory
 from mlxhv.models.errors import ModelLoadError
 from mlxhv.models.gguf import convert_gguf, model_config, read_header
