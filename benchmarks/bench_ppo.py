@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 
 import mlxhv  # noqa: F401  (fast BLAS before mlx.core)
 import mlx.core as mx
@@ -26,7 +27,7 @@ from mlxhv import _blas
 from mlxhv.data import synth_examples
 from mlxhv.models import apply_chat_template, load
 from mlxhv.rl.lora import LoRASettings
-from mlxhv.rl.trainer import PPOSettings, init_state, ppo_iteration
+from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
 
 INSTRUCTION = ("Is this hypothesis VALIDATED, REJECTED or REFINED by the evidence? Answer with JSON "
                '{"decision": ..., "confidence": ...}.')
@@ -44,7 +45,8 @@ def make_prompts(tokenizer, n: int, judge: bool = False) -> list[list[int]]:
 
 
 def score(_, completion):
-    return float(len(completion.tokens) % 3) / 2, {}  # any deterministic number: only time is measured here
+    # any deterministic number: only time is measured here
+    return SimpleNamespace(reward=float(len(completion.tokens) % 3) / 2)
 
 
 def run(precision: str, args, share: bool = True) -> dict:
@@ -56,7 +58,7 @@ def run(precision: str, args, share: bool = True) -> dict:
     prompts = make_prompts(tokenizer, args.prompts, args.judge)
     mx.reset_peak_memory()
     t = time.perf_counter()
-    m = ppo_iteration(state, prompts, score, step=1)
+    m, _ = rl_iteration(state, prompts, score, step=1)
     wall = time.perf_counter() - t
     seq_tokens = sum(len(p) for p in prompts) * args.samples + m["response_length"] * args.prompts * args.samples
     return {"precision": precision if share else f"{precision}-rows", "wall_s": wall, "rollout_s": m["rollout_s"],

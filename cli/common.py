@@ -1,4 +1,9 @@
-"""Helpers shared by the CLI modules: turning library errors into one-line click errors."""
+"""The one way the CLI reports an error a user caused: `error: <message>` on stderr, exit status 2.
+
+`cli.main` is an `App` group, so every command runs inside `user_errors()`; commands raise the library's
+`mlxhv.errors.MlxhvError` subclasses and never format errors themselves. Click's own usage errors keep click's
+format (also exit status 2).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,33 @@ import sys
 
 import click
 
-from mlxhv.data.io import DataError, OutputExists
+from mlxhv.errors import DataError, MlxhvError
+
+
+def report(e: MlxhvError) -> None:
+    """Print `e` as `error: …` lines: one per bad input line for a DataError (file:line: field: message)."""
+    if isinstance(e, DataError) and e.errors:
+        for err in e.errors:
+            click.echo(f"error: {err}", err=True)
+        if len(e.errors) > 1:
+            click.echo(f"error: {len(e.errors)} errors", err=True)
+    else:
+        click.echo(f"error: {e}", err=True)
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Show DataError / OutputExists / FileNotFoundError as clean messages with exit status 1 or 2."""
+    """Run a command; an MlxhvError becomes `report(e)` and exit status 2."""
     try:
         yield
-    except DataError as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        click.echo(f"{len(e.errors)} error(s)", err=True)
-        sys.exit(1)
-    except (OutputExists, FileNotFoundError, IsADirectoryError) as e:
-        raise click.ClickException(str(e))
+    except MlxhvError as e:
+        report(e)
+        sys.exit(2)
+
+
+class App(click.Group):
+    """The top-level group: every subcommand (nested groups included) is invoked inside `user_errors()`."""
+
+    def invoke(self, ctx):
+        with user_errors():
+            return super().invoke(ctx)

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
-
-
-@contextlib.contextmanager
-def _model_errors():
-    from mlxhv.models import ModelLoadError
-
-    try:
-        yield
-    except ModelLoadError as e:
-        raise click.ClickException(str(e))
 
 
 @click.group()
@@ -59,8 +48,7 @@ def import_gguf(file, out, force):
     """Convert a llama-architecture GGUF FILE into an mlx-lm directory (opens with mlx_lm.load)."""
     from mlxhv.models import convert_gguf
 
-    with _model_errors():
-        out = convert_gguf(file, out, force=force)
+    out = convert_gguf(file, out, force=force)
     click.echo(f"{out}: mlx-lm model directory (config.json, model.safetensors, tokenizer files)")
 
 
@@ -106,8 +94,7 @@ def generate(prompts, model, precision, adapter_path, prompts_file, system, raw,
         raise click.UsageError("give at least one prompt (argument or --prompts-file)")
     settings = GenerationSettings(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                   batch_size=batch_size)
-    with _model_errors():
-        m, tok = load(model, precision=precision, adapter_path=adapter_path, memory_check=not no_memory_check)
+    m, tok = load(model, precision=precision, adapter_path=adapter_path, memory_check=not no_memory_check)
     if raw:
         ids = [tok.encode(t) for t in texts]
     else:

@@ -1,4 +1,4 @@
-"""`mlxhv train ppo`: options -> PPOSettings -> mlxhv.rl.trainer.train."""
+"""`mlxhv train ppo|sft|plot|decisions`: options -> settings dataclass -> the library's trainer."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from cli.common import user_errors
+from mlxhv.errors import SettingsError
 
 
 @click.group()
 def train():
-    """Train a judge (PPO with LoRA and a value head)."""
+    """Train a judge: LoRA SFT warm start, PPO (value head) or GRPO; curves and sampled decisions of a run."""
 
 
 def _read_config(path: Path) -> dict:
@@ -51,9 +51,15 @@ def _read_config(path: Path) -> dict:
 @click.option("--eval-every", type=int)
 @click.option("--eval-limit", type=int)
 @click.option("--seed", type=int)
+@click.option("--algo", type=click.Choice(["ppo", "grpo"]),
+              help="ppo: value head + GAE (default); grpo: group-normalised advantages, no critic.")
+@click.option("--init-adapter", type=click.Path(exists=True, file_okay=False),
+              help="Start from this LoRA adapter (mlxhv train sft, or mlx_lm.lora); its layout is used.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings and exit.")
 def ppo(config, resume, print_config, train_file, **opts):
-    """Train with PPO: rollouts through the batched engine, correctness + calibration reward."""
+    """Train with PPO (or --algo grpo): rollouts through the batched engine, correctness + calibration reward.
+
+    Under `mlx.launch -n N` every rank samples 1/N of each step's prompts; gradients are averaged."""
     from mlxhv.rl.trainer import PPOSettings, train as run_train
 
     d = _read_config(config) if config else {}
@@ -62,18 +68,14 @@ def ppo(config, resume, print_config, train_file, **opts):
     for k, v in opts.items():
         if v is not None:
             d[k] = str(v) if isinstance(v, Path) else v
-    with user_errors():
-        try:
-            settings = PPOSettings.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise click.ClickException(f"{config or 'options'}: {e}")
-        if print_config:
-            click.echo(json.dumps(asdict(settings), indent=2))
-            return
-        try:
-            state = run_train(settings, resume=resume)
-        except FileExistsError as e:
-            raise click.ClickException(str(e))
+    try:
+        settings = PPOSettings.from_dict(d)
+    except SettingsError as e:
+        raise SettingsError(f"{config or 'options'}: {e}") from None
+    if print_config:
+        click.echo(json.dumps(asdict(settings), indent=2))
+        return
+    state = run_train(settings, resume=resume)
     click.echo(f"done: step {state.step}, adapters in {settings.out} (skipped updates: {state.skipped_updates})")
 
 
@@ -95,7 +97,56 @@ def plot(run_dir, out):
 @click.option("--every", type=int, default=25, show_default=True, help="Steps per row.")
 def decisions(run_dir, every):
     """Sampled decisions per gold class over a PPO run (from RUN_DIR/samples.jsonl): does it read the evidence?"""
-    from mlxhv.rl.plot import decisions_by_gold, format_decisions
+    from mlxhv.rl.judge import decisions_by_gold, format_decisions
 
-    with user_errors():
-        click.echo(format_decisions(decisions_by_gold(run_dir, every)))
+    click.echo(format_decisions(decisions_by_gold(run_dir, every)))
+
+
+@train.command()
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON or YAML file of SFTSettings fields; command-line options override it.")
+@click.option("--model", help="Preset, hub id, mlx-lm directory or GGUF file (default smollm2-135m).")
+@click.option("--precision", type=click.Choice(["auto", "quantized", "float32", "bfloat16"]))
+@click.option("--train", "train_files", multiple=True, type=click.Path(path_type=Path),
+              help="Training examples (JSONL); repeat to mix files. The first gives the validation slice.")
+@click.option("--synth", type=int, help="Add N `data synth` examples (every difficulty level) to the training set.")
+@click.option("--valid-fraction", type=float, help="Stratified share of the first file kept for validation.")
+@click.option("--steps", type=int)
+@click.option("--max-minutes", type=float, help="Wall-clock budget: end the run (validate, checkpoint) once spent.")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--curriculum", type=click.Choice(["none", "levels"]), help="levels: difficulty 1 first, towards 4.")
+@click.option("--balance-classes/--no-balance-classes", default=None, help="Draw every gold decision equally.")
+@click.option("--system-prompt", "system_prompt_file", type=click.Path(exists=True, dir_okay=False),
+              help="A file holding a variant of the judge's system prompt.")
+@click.option("--answer-prefix", metavar="TEXT", help='Opens every answer (prefill); "json": {"decision": "')
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (metrics, checkpoints, adapter).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--save-every", type=int)
+@click.option("--eval-every", type=int, help="Validate every N steps (and at the end).")
+@click.option("--seed", type=int)
+@click.option("--print-config", is_flag=True, help="Print the resolved settings and exit.")
+def sft(config, resume, print_config, train_files, **opts):
+    """Supervised LoRA warm start on the judge's answers (mlx-lm's tuner; prompt masked, answer trained).
+
+    The adapter at the top of --out is the best checkpoint on the validation slice; continue with
+    `mlxhv train ppo --init-adapter OUT`."""
+    from mlxhv.rl.sft import SFTSettings, train_sft
+
+    d = _read_config(config) if config else {}
+    if train_files:
+        d["train"] = [str(p) for p in train_files]
+    for k, v in opts.items():
+        if v is not None:
+            d[k] = str(v) if isinstance(v, Path) else v
+    try:
+        settings = SFTSettings.from_dict(d)
+    except (SettingsError, TypeError) as e:
+        raise SettingsError(f"{config or 'options'}: {e}") from None
+    if print_config:
+        click.echo(json.dumps(asdict(settings), indent=2))
+        return
+    result = train_sft(settings, resume=resume)
+    best = result.best or {}
+    click.echo(f"done: step {result.step}; adapter in {result.out} (best step {best.get('step')}, "
+               f"val loss {best.get('loss')}, val decision accuracy {best.get('decision_accuracy')})")

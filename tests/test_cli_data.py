@@ -38,7 +38,7 @@ def test_validate_reports_all_errors(tmp_path):
     assert r.exit_code == 1
     assert f"{f}:1:" in r.output and f"{f}:2: malformed JSON" in r.output
     r = run("data", "stats", str(tmp_path))
-    assert r.exit_code == 1 and "is a directory" in r.output
+    assert r.exit_code == 2 and "is a directory" in r.output
 
 
 def test_schema_command():

@@ -236,7 +236,7 @@ def test_cli_models_list_doctor_generate(smollm):
     assert r.exit_code == 0, r.output
     assert "Paris" in r.output and "tok/s" in r.output
     r = CliRunner().invoke(main, ["generate", "-m", "no-such-model", "hi"])
-    assert r.exit_code == 1 and "no such preset" in r.output
+    assert r.exit_code == 2 and "no such preset" in r.output
 
 
 # --- slow: an independent implementation ---------------------------------------------------------------

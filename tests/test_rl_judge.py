@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from cli import main
 from mlxhv.prompts import JSON_ANSWER_PREFIX
-from mlxhv.rl.plot import decisions_by_gold, format_decisions
+from mlxhv.rl.judge import decisions_by_gold, format_decisions
 
 
 def _run(tmp_path):

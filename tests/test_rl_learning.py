@@ -10,7 +10,7 @@ import numpy as np
 
 from mlxhv.rl.lora import LoRASettings
 from mlxhv.rl.ppo import PPOLossSettings
-from mlxhv.rl.trainer import PPOSettings, init_state, ppo_iteration
+from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
 from tests.rl_tiny import tiny_model
 
 TARGET = 7
@@ -21,7 +21,7 @@ TOKENIZER = SimpleNamespace(eos_token_id=EOS, eos_token_ids={EOS}, decode=lambda
 def score(_, completion):
     toks = completion.tokens
     hit = float(np.mean([t == TARGET for t in toks])) if toks else 0.0
-    return hit, {"hit_rate": hit}
+    return SimpleNamespace(reward=hit)
 
 
 def test_ppo_raises_reward_on_tiny_task():
@@ -32,7 +32,7 @@ def test_ppo_raises_reward_on_tiny_task():
                     loss=PPOLossSettings(vf_coef=0.5), seed=0)
     state = init_state(tiny_model(seed=1, hidden=32, layers=2), TOKENIZER, s)
     prompts = [[1, 3, 4], [1, 5], [1, 9, 10, 11], [1, 12, 13]]
-    rewards = [ppo_iteration(state, prompts, score, step)["reward_mean"] for step in range(1, s.steps + 1)]
+    rewards = [rl_iteration(state, prompts, score, step)[0]["reward_mean"] for step in range(1, s.steps + 1)]
     first, last = np.mean(rewards[:2]), np.mean(rewards[-3:])
     print("rewards", [round(r, 3) for r in rewards])
     assert last > first + 0.3, rewards

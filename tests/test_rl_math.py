@@ -8,7 +8,8 @@ from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, lora_layers
 from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, entropy_from_logits, gae, kl_penalised_rewards,
                           masked_whiten, ppo_loss, token_logprobs)
 from mlxhv.rl.reward import RewardSettings, reward
-from mlxhv.rl.value import ValueHead, forward
+from mlxhv.rl.rollout import response_forward
+from mlxhv.rl.value import ValueHead
 from tests.rl_tiny import tiny_model
 
 
@@ -141,9 +142,12 @@ def test_value_head_zero_at_init_and_forward_matches_model():
     model = tiny_model()
     vh = ValueHead(32, inner=16)
     tokens = mx.array([[1, 2, 3, 4]])
-    logits, values = forward(model, vh, tokens)
-    np.testing.assert_allclose(np.array(logits), np.array(model(tokens)), atol=1e-6)
-    assert values.shape == (1, 4) and np.all(np.array(values) == 0)
+    positions, targets = mx.array([[0, 1, 2]]), mx.array([[2, 3, 4]])  # column t predicts token t + 1
+    logprobs, _, values = response_forward(model, vh, tokens, positions, targets, temperature=1.0)
+    logits = model(tokens)[0]  # (T, V): the model's own head
+    expect = [(logits[t] - mx.logsumexp(logits[t]))[int(targets[0, t])].item() for t in range(3)]
+    np.testing.assert_allclose(np.array(logprobs[0]), expect, atol=1e-5)
+    assert values.shape == (1, 3) and np.all(np.array(values) == 0)
 
 
 def test_leave_one_out_scores_hand_computed():

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlxhv.rl.judge import JudgeTask, select_prompts, select_prompts_by_class
 from mlxhv.rl.lora import LoRASettings, lora_disabled
-from mlxhv.rl.rollout import batched_no_grad, build_batch
+from mlxhv.rl.passes import GroupPasses, Minibatch, RowPasses
+from mlxhv.rl.rollout import build_batch
 from mlxhv.rl.trainer import (PPOSettings, init_state, latest_checkpoint, load_checkpoint, save_checkpoint,
-                              select_prompts, select_prompts_by_class, update_minibatch)
+                              update_minibatch)
 from tests.rl_tiny import tiny_model
 
 TOK = SimpleNamespace(eos_token_id=2)
@@ -43,9 +45,9 @@ def test_build_batch_layout():
 def test_logprobs_match_full_forward_and_kl_zero_at_step0():
     st = tiny_state()
     b = tiny_batch()
-    lp, values = batched_no_grad(st.policy.model, st.policy.value_head, b, temperature=0.7, minibatch=2)
+    lp, values = RowPasses(b, rows_per_pass=2).no_grad(st.policy.model, st.policy.value_head, temperature=0.7)
     with lora_disabled(st.policy.model):
-        ref, _ = batched_no_grad(st.policy.model, None, b, temperature=0.7, minibatch=2)
+        ref, _ = RowPasses(b, rows_per_pass=2).no_grad(st.policy.model, None, temperature=0.7)
     np.testing.assert_array_equal(lp, ref)  # LoRA B = 0: policy == reference, KL exactly 0
     assert np.all(values == 0)  # value head starts at zero
     # against a slow reference: full logits, one row at a time
@@ -56,21 +58,22 @@ def test_logprobs_match_full_forward_and_kl_zero_at_step0():
 
 
 def _minibatch(b, adv_value=1.0):
+    """Rows 0, 1 (the first prompt's group) at full width, and the per-token arrays of the whole batch."""
     n, L = b.mask.shape
-    return {"tokens": b.tokens[:2], "positions": b.positions[:2], "targets": b.targets[:2], "mask": b.mask[:2],
-            "old_logprobs": np.zeros((2, L), np.float32), "old_values": np.zeros((2, L), np.float32),
-            "advantages": np.full((2, L), adv_value, np.float32), "returns": np.ones((2, L), np.float32)}
+    data = {"mask": b.mask, "old_logprobs": np.zeros((n, L), np.float32), "old_values": np.zeros((n, L), np.float32),
+            "advantages": np.full((n, L), adv_value, np.float32), "returns": np.ones((n, L), np.float32)}
+    return Minibatch(np.array([0, 1]), L), data
 
 
 def test_non_finite_step_is_skipped():
     st = tiny_state()
     b = tiny_batch()
     before = {k: np.array(v) for k, v in tree_flatten(st.policy.trainable_parameters())}
-    ok, _ = update_minibatch(st, _minibatch(b, float("nan")))
+    ok, _ = update_minibatch(st, RowPasses(b, 2), *_minibatch(b, float("nan")))
     assert not ok and st.skipped_updates == 1
     after = {k: np.array(v) for k, v in tree_flatten(st.policy.trainable_parameters())}
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    ok, m = update_minibatch(st, _minibatch(b, 1.0))
+    ok, m = update_minibatch(st, RowPasses(b, 2), *_minibatch(b, 1.0))
     assert ok and np.isfinite(m["loss"]) and st.skipped_updates == 1
     changed = {k: np.array(v) for k, v in tree_flatten(st.policy.trainable_parameters())}
     assert any(not np.array_equal(before[k], changed[k]) for k in before if "lora_b" in k)  # gradients reach B
@@ -79,17 +82,17 @@ def test_non_finite_step_is_skipped():
 def test_checkpoint_round_trip(tmp_path):
     st = tiny_state()
     b = tiny_batch()
-    update_minibatch(st, _minibatch(b))
+    update_minibatch(st, RowPasses(b, 2), *_minibatch(b))
     st.step, st.kl_ctl.kl_coef = 3, 0.123
     save_checkpoint(st, tmp_path)
     assert latest_checkpoint(tmp_path).name == "step-000003"
     assert (tmp_path / "adapters.safetensors").exists() and (tmp_path / "adapter_config.json").exists()
-    _, m1 = update_minibatch(st, _minibatch(b, 0.5))  # the next step from the saved state
+    _, m1 = update_minibatch(st, RowPasses(b, 2), *_minibatch(b, 0.5))  # the next step from the saved state
 
     st2 = tiny_state()
     load_checkpoint(st2, latest_checkpoint(tmp_path))
     assert st2.step == 3 and st2.kl_ctl.kl_coef == pytest.approx(0.123)
-    _, m2 = update_minibatch(st2, _minibatch(b, 0.5))
+    _, m2 = update_minibatch(st2, RowPasses(b, 2), *_minibatch(b, 0.5))
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
     p1 = dict(tree_flatten(st.policy.trainable_parameters()))
     p2 = dict(tree_flatten(st2.policy.trainable_parameters()))
@@ -117,18 +120,18 @@ def test_judge_score_reads_the_answer_prefix():
     from mlxhv.data import synth_examples
     from mlxhv.prompts import JSON_ANSWER_PREFIX
     from mlxhv.rl.reward import RewardSettings
-    from mlxhv.rl.trainer import judge_score_fn
 
     s = PPOSettings(answer_prefix="json")
     assert s.answer_prefix == JSON_ANSWER_PREFIX
     ex = synth_examples(1, seed=0)[0]
     gold = ex.expected_decision.value
-    score = judge_score_fn([ex], RewardSettings(), s.answer_prefix)
-    r, info = score(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}', finish_reason="stop"))
-    assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2)) and info["accuracy"]  # JSON, right, q = 0.8
-    r, info = judge_score_fn([ex], RewardSettings())(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}',
-                                                                        finish_reason="stop"))
-    assert r == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised
+    task = JudgeTask([ex], [[1]], RewardSettings(), s.answer_prefix)
+    sc = task.score(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}', finish_reason="stop"))
+    assert sc.reward == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2)) and sc.correct  # JSON, right, q = 0.8
+    assert sc.confidence == pytest.approx(0.8) and sc.gold == gold and sc.valid
+    sc = JudgeTask([ex], [[1]], RewardSettings()).score(0, SimpleNamespace(text=f'{gold}", "confidence": 0.8}}',
+                                                                           finish_reason="stop"))
+    assert sc.reward == pytest.approx(1.0 + 0.5 * (1 - 0.2 ** 2) - 0.5)  # without the prefix: a fallback parse, penalised
 
 
 def test_accuracy_per_gold_class():
@@ -136,20 +139,19 @@ def test_accuracy_per_gold_class():
     from mlxhv.data import synth_examples
     from mlxhv.prompts import JSON_ANSWER_PREFIX
     from mlxhv.rl.reward import RewardSettings
-    from mlxhv.rl.trainer import judge_score_fn, mean_infos
 
     exs = synth_examples(12, seed=0, decision_weights={"VALIDATED": 1, "REJECTED": 1, "REFINED": 0})
     v = next(i for i, e in enumerate(exs) if e.expected_decision.value == "VALIDATED")
     r = next(i for i, e in enumerate(exs) if e.expected_decision.value == "REJECTED")
-    score = judge_score_fn(exs, RewardSettings(), JSON_ANSWER_PREFIX)
+    task = JudgeTask(exs, [[1]] * len(exs), RewardSettings(), JSON_ANSWER_PREFIX)
     answer = lambda d: SimpleNamespace(text=f'{d}", "confidence": 0.8}}', finish_reason="stop")  # noqa: E731
-    infos = [score(v, answer("VALIDATED"))[1], score(v, answer("REJECTED"))[1], score(v, answer("VALIDATED"))[1],
-             score(r, answer("VALIDATED"))[1]]
-    assert "acc_REJECTED" not in infos[0] and "acc_VALIDATED" not in infos[3]
-    m = mean_infos(infos)
+    scored = [task.score(v, answer("VALIDATED")), task.score(v, answer("REJECTED")),
+              task.score(v, answer("VALIDATED")), task.score(r, answer("VALIDATED"))]
+    m = task.step_metrics(scored)
     assert m["acc_VALIDATED"] == pytest.approx(2 / 3) and m["acc_REJECTED"] == 0.0 and "acc_REFINED" not in m
     assert m["accuracy"] == pytest.approx(2 / 4) and m["frac_VALIDATED"] == pytest.approx(3 / 4)
-    assert "_text" not in m
+    # ECE of the stated confidence (0.8 for all, 2 of 4 right): one bin, |0.8 - 0.5|
+    assert m["ece"] == pytest.approx(0.3)
 
 
 def test_rolling_mean():
@@ -164,7 +166,7 @@ def test_rolling_mean():
 def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
     """Each prompt run once for its k answers (rl/prefix.py), with or without the frozen-trunk cache, gives the
     whole-row passes' log-probs, values, reference and gradient step."""
-    from mlxhv.rl.prefix import group_trunk, grouped_no_grad, make_groups, shared_start
+    from mlxhv.rl.prefix import shared_start
 
     def state():
         s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8,
@@ -181,25 +183,26 @@ def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
     start = shared_start(model)
     assert start == (2 if num_layers == 1 else 0)
     start = start if cache_trunk else 0
-    groups = make_groups(b)
-    assert [g.rows.tolist() for g in groups] == [[0, 1], [2, 3]] and groups[1].prompt.tolist() == [1, 7, 8, 9, 10]
-    trunk = group_trunk(model, b, groups, start) if start else None
-    lp, v = batched_no_grad(model, vh, b, temperature=0.7, minibatch=2)
-    lp_s, v_s = grouped_no_grad(model, vh, b, groups, 0.7, trunk, start, rows_per_pass=2)
+    rows, shared = RowPasses(b, rows_per_pass=2), GroupPasses(model, b, start, rows_per_pass=2)
+    assert [g.rows.tolist() for g in shared.groups] == [[0, 1], [2, 3]]
+    assert shared.groups[1].prompt.tolist() == [1, 7, 8, 9, 10]
+    assert (shared.trunk is not None) == bool(start)
+    lp, v = rows.no_grad(model, vh, temperature=0.7)
+    lp_s, v_s = shared.no_grad(model, vh, 0.7)
     np.testing.assert_allclose(lp_s, lp, atol=1e-5)
     np.testing.assert_allclose(v_s, v, atol=1e-5)
     assert np.abs(v).sum() > 0
     with lora_disabled(model):
-        ref, _ = batched_no_grad(model, None, b, temperature=0.7, minibatch=2)
-        ref_s, _ = grouped_no_grad(model, None, b, groups, 0.7, trunk, start)
+        ref, _ = rows.no_grad(model, None, temperature=0.7)
+        ref_s, _ = shared.no_grad(model, None, 0.7)
     np.testing.assert_allclose(ref_s, ref, atol=1e-5)
     assert not np.allclose(ref, lp)
 
-    mb = _minibatch(b, 0.5)  # rows 0, 1 = the first prompt's group
-    _, m_rows = update_minibatch(st, mb)
+    mb, data = _minibatch(b, 0.5)  # rows 0, 1 = the first prompt's group
+    _, m_rows = update_minibatch(st, rows, mb, data)
     st2 = state()
-    shared = (groups[:1], None if trunk is None else trunk[:1], start)
-    _, m_shared = update_minibatch(st2, mb, shared)
+    shared2 = GroupPasses(st2.policy.model, b, start, rows_per_pass=2)
+    _, m_shared = update_minibatch(st2, shared2, Minibatch(mb.rows, mb.width, [0]), data)
     for key in ("loss", "pg_loss", "v_loss", "entropy", "grad_norm"):
         assert m_shared[key] == pytest.approx(m_rows[key], rel=1e-4, abs=1e-6)
     p1 = dict(tree_flatten(st.policy.trainable_parameters()))

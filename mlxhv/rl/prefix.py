@@ -15,7 +15,7 @@ Frozen trunk: blocks below the first LoRA block (`LoRASettings.num_layers`) are 
 of an iteration, so `group_trunk` runs them once per rollout and later passes start from its hidden states.
 
 For plain decoders (embed, blocks, norm; no sliding window): `shared_start(model)` is None for others, and the
-trainer then runs whole rows (`rollout.response_forward`).
+trainer then runs whole rows (`passes.RowPasses`).
 """
 
 from __future__ import annotations
@@ -140,24 +140,7 @@ def grouped_forward(model, value_head, groups: list[Group], targets: mx.array, t
     return response_heads(model, value_head, mx.concatenate(states), targets, temperature, with_entropy)
 
 
-def grouped_no_grad(model, value_head, batch: RolloutBatch, groups: list[Group], temperature: float,
-                    trunk=None, start: int = 0, rows_per_pass: int = 8):
-    """Old log-probs and values for the whole rollout (rows in batch order): (N, L) numpy arrays."""
-    N, L = batch.targets.shape
-    lp_out, v_out = np.zeros((N, L), np.float32), np.zeros((N, L), np.float32)
-    for chunk in _chunks(range(len(groups)), [len(g.rows) for g in groups], rows_per_pass):
-        gs = [groups[j] for j in chunk]
-        rows = np.concatenate([g.rows for g in gs])
-        lp, _, v = grouped_forward(model, value_head, gs, mx.array(batch.targets[rows]), temperature,
-                                   None if trunk is None else [trunk[j] for j in chunk], start, with_entropy=False)
-        if v is None:
-            v = mx.zeros_like(lp)
-        mx.eval(lp, v)
-        lp_out[rows], v_out[rows] = np.array(lp), np.array(v)
-    return lp_out * batch.mask, v_out * batch.mask
-
-
-def _chunks(items, sizes: list[int], limit: int) -> list[list[int]]:
+def chunks(items, sizes: list[int], limit: int) -> list[list[int]]:
     """Consecutive items whose sizes add up to at most `limit` rows (at least one item each)."""
     out, cur, n = [], [], 0
     for it, size in zip(items, sizes):
@@ -174,4 +157,4 @@ def _chunks(items, sizes: list[int], limit: int) -> list[list[int]]:
 def group_minibatches(groups: list[Group], rows_per_minibatch: int, rng: np.random.Generator) -> list[list[int]]:
     """Shuffled minibatches of whole groups (indices into `groups`), about `rows_per_minibatch` rows each."""
     order = rng.permutation(len(groups)).tolist()
-    return _chunks(order, [len(groups[j].rows) for j in order], rows_per_minibatch)
+    return chunks(order, [len(groups[j].rows) for j in order], rows_per_minibatch)

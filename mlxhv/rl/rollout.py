@@ -80,18 +80,3 @@ def response_heads(model, value_head, h_resp: mx.array, targets: mx.array, tempe
     entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     values = value_head(mx.stop_gradient(h_resp)) if value_head is not None else None
     return logprobs, entropy, values
-
-
-def batched_no_grad(model, value_head, batch: RolloutBatch, temperature: float, minibatch: int):
-    """Old log-probs and values over the whole rollout, in minibatches: (N, L) numpy arrays."""
-    lps, vals = [], []
-    for i in range(0, len(batch.tokens), minibatch):
-        sl = slice(i, i + minibatch)
-        lp, _, v = response_forward(model, value_head, mx.array(batch.tokens[sl]), mx.array(batch.positions[sl]),
-                                    mx.array(batch.targets[sl]), temperature, with_entropy=False)
-        if v is None:
-            v = mx.zeros_like(lp)
-        mx.eval(lp, v)
-        lps.append(np.array(lp))
-        vals.append(np.array(v))
-    return np.concatenate(lps) * batch.mask, np.concatenate(vals) * batch.mask

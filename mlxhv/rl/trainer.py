@@ -1,6 +1,6 @@
-"""The PPO loop: rollout -> reward -> KL-penalised per-token rewards -> GAE -> clipped PPO epochs.
+"""The RL loop: rollout -> scores -> advantages (PPO or GRPO) -> clipped policy-gradient epochs.
 
-One iteration (`ppo_iteration`) reads top to bottom against Algorithm 1 of the PPO paper and cleanrl's ppo.py;
+One iteration (`rl_iteration`) reads top to bottom against Algorithm 1 of the PPO paper and cleanrl's ppo.py;
 `train` wraps it with data, logging, evaluation and checkpoints. Everything random is derived from
 (settings.seed, step), so `--resume` replays exactly the run that a checkpoint came from.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,20 +22,23 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlxhv import _blas
-from mlxhv.rl.lora import LoRASettings, apply_lora, lora_disabled, save_adapters
-from mlxhv.rl.ppo import (AdaptiveKLController, PPOLossSettings, explained_variance, gae, kl_penalised_rewards,
-                          leave_one_out_scores, masked_whiten, ppo_loss)
-from mlxhv.rl.prefix import (group_minibatches, group_trunk, grouped_forward, grouped_no_grad, make_groups,
-                             shared_start)
+from mlxhv import _blas, distributed
+from mlxhv.errors import OutputExists, SettingsError
+from mlxhv.prompts import PROMPT_CONFIG_FILE, write_prompt_config
+from mlxhv.rl.algorithms import ALGORITHMS, make_algorithm
+from mlxhv.rl.grpo import GRPOSettings
+from mlxhv.rl.lora import LoRASettings, apply_lora, load_adapters, lora_disabled, save_adapters
+from mlxhv.rl.passes import Minibatch, Passes, describe_passes, make_passes
+from mlxhv.rl.ppo import AdaptiveKLController, PPOLossSettings, explained_variance
 from mlxhv.rl.reward import RewardSettings
-from mlxhv.rl.rollout import RolloutBatch, batched_no_grad, build_batch, eos_id, response_forward
+from mlxhv.rl.rollout import build_batch, eos_id
 from mlxhv.rl.value import ValueHead, hidden_size
 
 
 @dataclass
 class PPOSettings:
-    # what to train on
+    # what to train on, and how
+    algo: str = "ppo"  # ppo (critic, GAE) | grpo (group-normalised advantages, no critic): rl/algorithms.py
     model: str = "smollm2-135m"
     precision: str = "auto"
     train: str = "data/train.jsonl"
@@ -69,9 +73,12 @@ class PPOSettings:
     kl_horizon: int = 1000
     value_inner: int = 256
     train_threads: int | None = 2  # OpenBLAS threads for prompts, reference and update passes; None: as is
-    share_prompts: bool = True  # run each prompt once for its k answers in every pass (rl/prefix.py)
-    cache_trunk: bool = True  # with share_prompts: blocks below the first LoRA block run once per rollout
+    share_prompts: bool = True  # run each prompt once for its k answers in every pass (rl/passes.py)
+    cache_trunk: bool | None = None  # with share_prompts: blocks below the first LoRA block once per rollout;
+    #                                  None: yes when sharing
     seed: int = 0
+    init_adapter: str | None = None  # start from this adapter (ours or mlx_lm.lora's; its LoRA layout is used)
+    check_every: int = 10  # under mlx.launch: compare the ranks' weights every N steps (0: never)
     # bookkeeping
     save_every: int = 10
     eval_every: int = 0  # 0: evaluate on the holdout only at the end
@@ -80,23 +87,54 @@ class PPOSettings:
     lora: LoRASettings = field(default_factory=LoRASettings)
     loss: PPOLossSettings = field(default_factory=PPOLossSettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
     def __post_init__(self):
         from mlxhv.prompts import resolve_answer_prefix
 
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
         if self.score_baseline not in ("none", "loo"):
-            raise ValueError(f"score_baseline must be 'none' or 'loo', not {self.score_baseline!r}")
+            raise SettingsError(f"score_baseline must be 'none' or 'loo', not {self.score_baseline!r}")
+        if self.cache_trunk and not self.share_prompts:
+            raise SettingsError("cache_trunk needs share_prompts: the trunk cache is part of the shared-prompt passes")
+        if self.score_baseline == "loo" and self.samples_per_prompt < 2:
+            raise SettingsError("score_baseline 'loo' needs samples_per_prompt >= 2: with one answer per prompt "
+                                "there are no other answers to take the mean of")
+        if self.algo not in ALGORITHMS:
+            raise SettingsError(f"algo must be one of {', '.join(ALGORITHMS)}, not {self.algo!r}")
+        foreign = self._foreign_settings()
+        if foreign:
+            raise SettingsError(f"{', '.join(foreign)}: not used by algo {self.algo!r} (remove them, or change algo)")
+        if self.share_prompts and self.minibatch_size < self.samples_per_prompt:
+            raise SettingsError(f"minibatch_size {self.minibatch_size} < samples_per_prompt "
+                                f"{self.samples_per_prompt}: with share_prompts a minibatch holds whole prompt "
+                                "groups; raise minibatch_size or set share_prompts: false")
+
+    def _foreign_settings(self) -> list[str]:
+        """Settings changed from their defaults that the chosen algorithm does not use."""
+        if self.algo == "grpo":
+            names = [n for n in PPO_ONLY if getattr(self, n) != _FIELDS[n].default]
+            names += [f"loss.{n}" for n in PPO_ONLY_LOSS if getattr(self.loss, n) != getattr(PPOLossSettings(), n)]
+            return names
+        return [f"grpo.{f.name}" for f in fields(GRPOSettings) if getattr(self.grpo, f.name) != f.default]
 
     @classmethod
     def from_dict(cls, d: dict) -> "PPOSettings":
-        nested = {"lora": LoRASettings, "loss": PPOLossSettings, "reward": RewardSettings}
+        nested = {"lora": LoRASettings, "loss": PPOLossSettings, "reward": RewardSettings, "grpo": GRPOSettings}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown PPO setting(s): {', '.join(sorted(unknown))}")
-        kw = {k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()}
-        return cls(**kw)
+            raise SettingsError(f"unknown PPO setting(s): {', '.join(sorted(unknown))}")
+        try:
+            kw = {k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()}
+            return cls(**kw)
+        except TypeError as e:
+            raise SettingsError(str(e)) from None
+
+
+_FIELDS = {f.name: f for f in fields(PPOSettings)}
+PPO_ONLY = ("score_baseline", "whiten_rewards", "whiten_advantages", "gamma", "lam")  # GRPO: group baseline
+PPO_ONLY_LOSS = ("clip_range", "clip_range_value", "vf_coef", "ent_coef")  # GRPO: grpo.clip_low / clip_high
 
 
 class Policy(nn.Module):
@@ -115,181 +153,190 @@ class PPOState:
     optimizer: optim.Optimizer
     kl_ctl: AdaptiveKLController
     settings: PPOSettings
+    algo: object  # rl/algorithms.py: PPO or GRPO, picked from settings.algo
     step: int = 0
     skipped_updates: int = 0
 
 
 def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
-    apply_lora(model, settings.lora, seed=settings.seed)
+    """Wrap the model with LoRA (fresh, B = 0, or `settings.init_adapter`'s), add the value head and optimizer.
+    With an init adapter, `settings.lora` becomes the adapter's layout (set lora only when not using one)."""
+    if settings.init_adapter:
+        if settings.lora != LoRASettings():
+            raise SettingsError("lora: the LoRA layout comes from init_adapter; leave lora unset")
+        settings.lora = load_adapters(model, settings.init_adapter)
+    else:
+        apply_lora(model, settings.lora, seed=settings.seed)
     mx.random.seed(settings.seed)
     policy = Policy(model, ValueHead(hidden_size(model), settings.value_inner))
     optimizer = optim.AdamW(learning_rate=settings.lr, weight_decay=settings.weight_decay)
     optimizer.init(policy.trainable_parameters())
     mx.eval(policy.parameters(), optimizer.state)
     kl = AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
-    return PPOState(policy, tokenizer, optimizer, kl, settings)
+    return PPOState(policy, tokenizer, optimizer, kl, settings, make_algorithm(settings))
 
 
-def _loss_fn(policy: Policy, tokens, positions, targets, mask, old_logprobs, old_values, advantages, returns,
-             temperature: float, loss_settings: PPOLossSettings, shared=None):
-    if shared is None:  # whole rows
-        logprobs, entropy, values = response_forward(policy.model, policy.value_head, tokens, positions, targets,
-                                                     temperature)
-    else:  # (groups, trunk, start): each prompt once, rows ordered group by group
-        groups, trunk, start = shared
-        logprobs, entropy, values = grouped_forward(policy.model, policy.value_head, groups, targets, temperature,
-                                                    trunk, start)
-    return ppo_loss(logprobs, values, entropy, old_logprobs, old_values, advantages, returns, mask, loss_settings)
+def _loss_fn(policy: Policy, passes: Passes, mb: Minibatch, mb_data: dict, temperature: float, algo, kl_coef,
+             weight: float | None):
+    value_head = policy.value_head if algo.uses_critic else None
+    logprobs, entropy, values = passes.forward(policy.model, value_head, mb, temperature)  # (b, width) each
+    loss, metrics = algo.loss(logprobs, values, entropy, mb_data, kl_coef)
+    return (loss if weight is None else loss * weight), metrics
 
 
-def update_minibatch(state: PPOState, mb: dict, shared=None) -> tuple[bool, dict]:
-    """One gradient step on one minibatch. A step whose loss or gradient norm is not finite is skipped.
-    `shared` = (groups, trunk, start) runs the minibatch's rows as prompt groups (rl/prefix.py)."""
+def update_minibatch(state: PPOState, passes: Passes, mb: Minibatch, data: dict[str, np.ndarray]) -> tuple[bool, dict]:
+    """One gradient step on the rows of `mb` (`data`: per-token (N, L) arrays of the whole rollout, cut here to the
+    minibatch's rows and width). A step whose loss or gradient norm is not finite is skipped.
+
+    The gradient is clipped by one global norm over the LoRA weights and the value head together, so `vf_coef`
+    does two things: it scales the value loss's gradient (under AdamW, whose step size is invariant to a constant
+    scale of a parameter's gradient, that barely changes the head's own steps), and it sets how much of the shared
+    clipping norm the head takes: a larger `vf_coef` makes clipping shrink the LoRA step sooner.
+
+    On several ranks each holds its own minibatch; its loss is weighted by its share of what the loss averages
+    over (`algo.loss_units`: tokens or rows) times the number of ranks, so the average of the ranks' gradients
+    (`nn.average_gradients`) is the gradient of the loss over all ranks' rows together."""
     s = state.settings
+    mb_data = {k: mx.array(v[mb.rows, : mb.width]) for k, v in data.items()}
+    weight = None
+    if distributed.size() > 1:
+        units = state.algo.loss_units(data["mask"][mb.rows, : mb.width])
+        weight = units * distributed.size() / distributed.all_sum(units)
     loss_and_grad = nn.value_and_grad(state.policy, _loss_fn)
-    (loss, metrics), grads = loss_and_grad(state.policy, *(mx.array(mb[k]) for k in (
-        "tokens", "positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns")),
-        s.temperature, s.loss, shared)
+    (loss, metrics), grads = loss_and_grad(state.policy, passes, mb, mb_data, s.temperature, state.algo,
+                                           state.kl_ctl.kl_coef, weight)
+    if weight is not None:
+        with distributed.watchdog("gradient average"):
+            grads = nn.average_gradients(grads)
     grads, grad_norm = optim.clip_grad_norm(grads, s.max_grad_norm)
     mx.eval(loss, grad_norm, metrics)  # one sync to decide whether the step is safe to apply
-    if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+    finite = math.isfinite(loss.item()) and math.isfinite(grad_norm.item())
+    if weight is not None:  # every rank takes the same decision
+        finite = distributed.all_sum(0.0 if finite else 1.0) == 0
+    if not finite:
         state.skipped_updates += 1
         return False, {}
     state.optimizer.update(state.policy, grads)
     mx.eval(state.policy.trainable_parameters(), state.optimizer.state)
     out = {k: v.item() for k, v in metrics.items()}
-    out.update(loss=loss.item(), grad_norm=grad_norm.item())
+    out.update(loss=loss.item() if weight is None else loss.item() / weight, grad_norm=grad_norm.item())
     return True, out
 
 
-def ppo_iteration(state: PPOState, prompts: list[list[int]],
-                  score_fn: Callable[[int, object], tuple[float, dict]], step: int) -> dict:
-    """Sample, score and update once. `score_fn(prompt_index, completion) -> (score, info)`; returns metrics."""
-    from mlxhv.engine import GenerationSettings, generate
+def rl_iteration(state: PPOState, prompts: list[list[int]], score_fn: Callable, step: int,
+                 prompt_ids: list[int] | None = None) -> tuple[dict, list]:
+    """Sample, score and update once: Algorithm 1 of the PPO paper, with the advantages and the loss of
+    `state.algo` (PPO or GRPO, rl/algorithms.py) and the passes of `passes.make_passes`.
 
-    s = state.settings
-    model, value_head = state.policy.model, state.policy.value_head
-    k = s.samples_per_prompt
-    t0 = time.perf_counter()
+    `score_fn(prompt_index, completion)` returns a record with a `reward` float (the task's `Scored`). Returns
+    (metrics, the records in rollout order: k per prompt, prompt after prompt).
+
+    Launched on several ranks (`mlx.launch`), `prompts` are this rank's share of the step; what is batch-wide
+    (whitening, the KL controller, the logged means) is computed over all ranks, gradients are averaged, and the
+    records of every rank are returned (rank order). `prompt_ids` are the prompts' positions in the whole step
+    (default 0, 1, …): each answer's random stream follows it, so a rank samples what one process would."""
+    s, algo = state.settings, state.algo
+    model = state.policy.model
+    value_head = state.policy.value_head if algo.uses_critic else None
 
     # 1. rollouts: k samples per prompt, dropout off (LoRA dropout defaults to 0)
-    prompt_index = [i for i in range(len(prompts)) for _ in range(k)]
-    gen = GenerationSettings(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                             seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size,
-                             prefill_threads=s.train_threads,
-                             decode_threads=1)  # 1 thread is the safe choice for decode steps (DESIGN.md)
-    completions, gen_stats = generate(model, state.tokenizer, [prompts[i] for i in prompt_index], gen)
+    t0 = time.perf_counter()
+    prompt_index = [i for i in range(len(prompts)) for _ in range(s.samples_per_prompt)]
+    N = len(prompt_index)
+    ids = prompt_ids if prompt_ids is not None else range(len(prompts))
+    streams = [p * s.samples_per_prompt + t for p in ids for t in range(s.samples_per_prompt)]
+    completions, gen_stats = sample(state, [prompts[i] for i in prompt_index], step, streams)
     t_rollout = time.perf_counter() - t0
 
-    # 2. scores from the task's reward function
+    # 2. scores from the task
     scored = [score_fn(pi, c) for pi, c in zip(prompt_index, completions)]
-    scores = np.array([sc for sc, _ in scored], dtype=np.float32)  # (N,)
-    batch: RolloutBatch = build_batch(prompts, completions, prompt_index, eos_id(state.tokenizer))
-    mask = batch.mask
+    scores = np.array([x.reward for x in scored], dtype=np.float32)  # (N,)
+    batch = build_batch(prompts, completions, prompt_index, eos_id(state.tokenizer))
+    mask = batch.mask  # (N, L)
 
-    # 3. old log-probs and values (policy), reference log-probs (same weights, LoRA off)
-    t1 = time.perf_counter()
-    threads_before = _blas.get_threads()
-    if s.train_threads:
-        _blas.set_threads(s.train_threads)  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
-    start = shared_start(model) if s.share_prompts else None
-    groups = trunk = None
-    if start is None:  # whole rows
-        old_logprobs, old_values = batched_no_grad(model, value_head, batch, s.temperature, s.minibatch_size)
+    with _blas.threads(s.train_threads):  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
+        # 3. old log-probs and values (policy), reference log-probs (same weights, LoRA off)
+        t1 = time.perf_counter()
+        passes = make_passes(model, batch, s.share_prompts, s.cache_trunk, s.minibatch_size)
+        old_logprobs, old_values = passes.no_grad(model, value_head, s.temperature)  # (N, L) each
         with lora_disabled(model):
-            ref_logprobs, _ = batched_no_grad(model, None, batch, s.temperature, s.minibatch_size)
-    else:  # each prompt once per pass; the frozen trunk once per rollout
-        groups = make_groups(batch)
-        start = start if s.cache_trunk else 0
-        trunk = group_trunk(model, batch, groups, start) if start else None
-        old_logprobs, old_values = grouped_no_grad(model, value_head, batch, groups, s.temperature, trunk, start,
-                                                   s.minibatch_size)
-        with lora_disabled(model):
-            ref_logprobs, _ = grouped_no_grad(model, None, batch, groups, s.temperature, trunk, start,
-                                              s.minibatch_size)
-    t_reference = time.perf_counter() - t1
+            ref_logprobs, _ = passes.no_grad(model, None, s.temperature)
+        t_reference = time.perf_counter() - t1
 
-    # 4. per-token rewards: -beta * KL, score at the last token; GAE; whitening
-    if s.score_baseline == "loo":
-        scores = leave_one_out_scores(scores, batch.prompt_index)
-    if s.whiten_rewards:
-        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-    rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, state.kl_ctl.kl_coef)
-    advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
-    if s.whiten_advantages:
-        advantages = np.array(masked_whiten(mx.array(advantages), mx.array(mask)))
+        # 4. advantages (PPO: KL-penalised rewards + GAE; GRPO: group-normalised scores)
+        advantages, returns, kl = algo.advantages(scores, batch.prompt_index, old_logprobs, ref_logprobs, old_values,
+                                                  mask, state.kl_ctl.kl_coef)
 
-    # 5. PPO epochs over shuffled minibatches
-    t2 = time.perf_counter()
-    rng = np.random.default_rng([s.seed, step, 1])
-    data = {"tokens": batch.tokens, "positions": batch.positions, "targets": batch.targets, "mask": mask,
-            "old_logprobs": old_logprobs, "old_values": old_values, "advantages": advantages.astype(np.float32),
-            "returns": returns.astype(np.float32)}
-    N = len(scores)
-    logs: list[dict] = []
-    skipped_before = state.skipped_updates
-    for _ in range(s.ppo_epochs):
-        if groups is None:  # shuffled rows
-            perm = rng.permutation(N)
-            minibatches = [(perm[i:i + s.minibatch_size], None) for i in range(0, N, s.minibatch_size)]
-        else:  # shuffled whole prompt groups, so each minibatch runs its prompts once
-            minibatches = [(np.concatenate([groups[j].rows for j in chunk]), chunk)
-                           for chunk in group_minibatches(groups, s.minibatch_size, rng)]
-        for idx, chunk in minibatches:
-            mb = {key: val[idx] for key, val in data.items()}
-            width = int(mb["mask"].sum(1).max())  # trim response padding of this minibatch
-            for key in ("positions", "targets", "mask", "old_logprobs", "old_values", "advantages", "returns"):
-                mb[key] = mb[key][:, :width]
-            shared = None if chunk is None else (
-                [groups[j] for j in chunk], None if trunk is None else [trunk[j] for j in chunk], start)
-            ok, m = update_minibatch(state, mb, shared)
-            if ok:
-                logs.append(m)
-    t_update = time.perf_counter() - t2
-    if s.train_threads and threads_before:
-        _blas.set_threads(threads_before)
+        # 5. epochs over shuffled minibatches
+        t2 = time.perf_counter()
+        rng = np.random.default_rng([s.seed, step, 1])
+        data = {"mask": mask, "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "old_values": old_values,
+                "advantages": advantages, "returns": returns}
+        logs: list[dict] = []
+        skipped_before = state.skipped_updates
+        for _ in range(s.ppo_epochs):
+            for mb in passes.minibatches(rng, s.minibatch_size):
+                ok, m = update_minibatch(state, passes, mb, data)
+                if ok:
+                    logs.append(m)
+        t_update = time.perf_counter() - t2
 
-    # 6. adapt beta towards the target sequence KL
-    seq_kl = float(kl.sum(1).mean())
-    state.kl_ctl.update(seq_kl, N)
+    # 6. adapt beta towards the target sequence KL (over every rank's answers)
+    seq_kl = distributed.mean(kl.sum(1))
+    scored_all = distributed.gather_records(scored)
+    state.kl_ctl.update(seq_kl, len(scored_all))
     state.step = step
 
-    resp_len = mask.sum(1)
-    infos = [info for _, info in scored]
-    metrics = {
-        "step": step,
-        "reward_mean": float(np.mean([sc for sc, _ in scored])),
-        "reward_std": float(np.std([sc for sc, _ in scored])),
-        "kl": seq_kl,
-        "kl_coef": state.kl_ctl.kl_coef,
-        "explained_variance": explained_variance(old_values[mask > 0], returns[mask > 0]),
-        "response_length": float(resp_len.mean()),
-        "truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-        "rollout_s": t_rollout,
-        "reference_s": t_reference,
-        "update_s": t_update,
-        "rollout_gen_tok_s": gen_stats.generation_tps,
-        "rollout_prompt_tok_s": gen_stats.prompt_tps,
+    rewards = [x.reward for x in scored_all]
+    metrics = {"step": step, "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+               "kl": seq_kl, "kl_coef": state.kl_ctl.kl_coef}
+    if algo.uses_critic:
+        metrics["explained_variance"] = _explained_variance(old_values[mask > 0], returns[mask > 0])
+    metrics.update({
+        "response_length": distributed.mean(mask.sum(1)),
+        "truncated_frac": distributed.mean(np.array([c.finish_reason == "length" for c in completions], float)),
+        "rollout_s": t_rollout, "reference_s": t_reference, "update_s": t_update,
+        "rollout_gen_tok_s": gen_stats.generation_tps, "rollout_prompt_tok_s": gen_stats.prompt_tps,
         "update_tok_s": float(s.ppo_epochs * (batch.tokens.shape[1] * N)) / max(t_update, 1e-9),
         "peak_memory_gb": mx.get_peak_memory() / 1e9,
         "skipped_updates": state.skipped_updates - skipped_before,
-    }
-    for key in ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "grad_norm"):
-        vals = [m[key] for m in logs]
-        metrics[key] = float(np.mean(vals)) if vals else float("nan")
-    metrics.update(mean_infos(infos))
-    return metrics
+    })
+    metrics.update(_mean_losses(logs, algo.loss_keys))
+    return metrics, scored_all
 
 
-def mean_infos(infos: list[dict]) -> dict[str, float]:
-    """Per-answer numbers of the score function -> their means; a key missing from some answers (acc_<gold>)
-    is averaged over the answers that have it. Non-numeric values are left out."""
-    out = {}
-    for key in dict.fromkeys(k for i in infos for k in i):
-        vals = [i[key] for i in infos if isinstance(i.get(key), (int, float, bool))]
-        if vals:
-            out[key] = float(np.mean(vals))
-    return out
+def _explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """`ppo.explained_variance` over every rank's tokens (moments summed over ranks)."""
+    if distributed.size() == 1:
+        return explained_variance(y_pred, y_true)
+    d = y_true - y_pred
+    n, sy, syy, sd, sdd = distributed.all_sum(np.array([y_true.size, y_true.sum(), (y_true ** 2).sum(), d.sum(),
+                                                        (d ** 2).sum()], np.float64))
+    var_y, var_d = syy / n - (sy / n) ** 2, sdd / n - (sd / n) ** 2
+    return float("nan") if var_y <= 0 else float(1 - var_d / var_y)
+
+
+def sample(state: PPOState, prompts: list[list[int]], step: int, streams: list[int]):
+    """The rollout: one sampled answer per prompt row through the batched engine; row i draws from random
+    stream `streams[i]` of this step's seed."""
+    from mlxhv.engine import GenerationSettings, generate
+
+    s = state.settings
+    gen = GenerationSettings(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                             seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size,
+                             prefill_threads=s.train_threads,
+                             decode_threads=1,  # 1 thread is the safe choice for decode steps (DESIGN.md)
+                             streams=streams)
+    return generate(state.policy.model, state.tokenizer, prompts, gen)
+
+
+def _mean_losses(logs: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """Means over the applied minibatch updates of an iteration (nan when every update was skipped), averaged
+    over ranks (every rank applies the same number of updates)."""
+    means = np.array([np.mean([m[k] for m in logs]) if logs else np.nan for k in keys])
+    if distributed.size() > 1:
+        means = distributed.all_sum(means) / distributed.size()
+    return {k: float(v) for k, v in zip(keys, means)}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -303,16 +350,25 @@ def save_checkpoint(state: PPOState, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_adapters(state.policy.model, state.settings.lora, tmp)
+    write_prompt_config(tmp, prompt_config(state.settings))
     mx.save_safetensors(str(tmp / "value_head.safetensors"), dict(tree_flatten(state.policy.value_head.parameters())))
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(state.optimizer.state)))
     (tmp / "trainer_state.json").write_text(json.dumps({
         "step": state.step, "kl_coef": state.kl_ctl.kl_coef, "skipped_updates": state.skipped_updates,
-        "settings": asdict(state.settings)}, indent=2))
+        "world_size": distributed.size(), "settings": asdict(state.settings)}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for name in ("adapters.safetensors", "adapter_config.json", "value_head.safetensors"):  # latest, at the top
+    for name in ("adapters.safetensors", "adapter_config.json", PROMPT_CONFIG_FILE, "value_head.safetensors"):
         shutil.copy2(final / name, out_dir / name)
     return final
+
+
+def prompt_config(s: PPOSettings):
+    """How the trained adapter is to be prompted (saved beside it as judge_prompt.json, read by eval and Judge)."""
+    from mlxhv.prompts import PromptConfig, load_system_prompt
+
+    return PromptConfig(system_prompt=load_system_prompt(s.system_prompt_file), answer_prefix=s.answer_prefix,
+                        max_tokens=s.eval_max_tokens or s.max_new_tokens)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -327,62 +383,13 @@ def load_checkpoint(state: PPOState, ckpt: str | Path) -> None:
     state.policy.value_head.load_weights(str(ckpt / "value_head.safetensors"))
     state.optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
     ts = json.loads((ckpt / "trainer_state.json").read_text())
+    if ts.get("world_size", 1) != distributed.size():
+        raise distributed.DistributedError(f"{ckpt}: written by {ts.get('world_size', 1)} rank(s); resume it with "
+                                           f"the same number (this run has {distributed.size()})")
     state.step = ts["step"]
     state.kl_ctl.kl_coef = ts["kl_coef"]
     state.skipped_updates = ts["skipped_updates"]
     mx.eval(state.policy.parameters(), state.optimizer.state)
-
-
-def select_prompts(n_examples: int, per_step: int, seed: int, step: int) -> list[int]:
-    """Which examples step `step` trains on: epoch-wise permutations, so every example is seen once per epoch."""
-    per_step = min(per_step, n_examples)
-    start = (step - 1) * per_step
-    out = []
-    for pos in range(start, start + per_step):
-        epoch, j = divmod(pos, n_examples)
-        perm = np.random.default_rng([seed, epoch, 2]).permutation(n_examples)
-        out.append(int(perm[j]))
-    return out
-
-
-def select_prompts_by_class(labels: list[str], per_step: int, seed: int, step: int) -> list[int]:
-    """Class-balanced steps: `per_step` prompts split evenly over the labels present (in sorted order, the first
-    take any remainder); within a class, examples are visited epoch-wise as in `select_prompts`. With one class
-    per prompt slot, what a step teaches about the class prior cancels out and what tells classes apart stays."""
-    classes = sorted(set(labels))
-    base, extra = divmod(per_step, len(classes))
-    out = []
-    for ci, c in enumerate(classes):
-        members = [i for i, lab in enumerate(labels) if lab == c]
-        m = base + (1 if ci < extra else 0)
-        if m:
-            out += [members[j] for j in select_prompts(len(members), m, seed * 7919 + ci + 1, step)]
-    return out
-
-
-# ---------------------------------------------------------------- the judge task
-
-
-def judge_score_fn(examples, reward_settings: RewardSettings, answer_prefix: str = ""):
-    """score_fn for the hypothesis-validation task: parse prefix + answer, then `reward.reward`."""
-    from mlxhv.prompts import parse_answer
-    from mlxhv.rl.reward import reward
-    from mlxhv.schema import DECISIONS
-
-    def score(i: int, completion) -> tuple[float, dict]:
-        p = parse_answer(answer_prefix + completion.text)
-        gold = examples[i].expected_decision.value
-        r = reward(p.decision, p.confidence, gold, completion.finish_reason == "length", reward_settings,
-                   json_format=p.method == "json")
-        correct = p.decision == gold
-        info = {"accuracy": correct, "invalid_frac": not p.is_valid}
-        info.update({f"frac_{d}": p.decision == d for d in DECISIONS})  # what the policy samples, per class
-        info[f"acc_{gold}"] = correct  # accuracy per gold class: does the answer follow the evidence?
-        info.update(_conf=p.confidence, _correct=correct, _valid=p.is_valid, _gold=gold,
-                    _text=completion.text, _reward=r)
-        return r, info
-
-    return score
 
 
 def _log(path: Path, record: dict) -> None:
@@ -402,88 +409,89 @@ def _truncate_log(path: Path, last_step: int) -> None:
     write_jsonl(path, keep, force=True)
 
 
-def evaluate_holdout(state: PPOState, examples, out_dir: Path) -> dict:
-    """Greedy evaluation of the current policy on the holdout through the eval module."""
-    from mlxhv.eval import EvalSettings, evaluate
+def train(settings: PPOSettings, resume: bool = False, progress: bool = True, task=None) -> PPOState:
+    """Train with PPO or GRPO; writes metrics.jsonl, samples.jsonl, checkpoints and adapters under settings.out.
 
-    s = state.settings
-    es = EvalSettings(model=s.model, max_tokens=s.eval_max_tokens or s.max_new_tokens, temperature=0.0,
-                      batch_size=s.rollout_batch_size, progress=False, answer_prefix=s.answer_prefix,
-                      system_prompt_file=s.system_prompt_file)
-    run = evaluate(state.policy.model, state.tokenizer, examples, es, out_dir=out_dir)
-    return run.metrics
-
-
-def train(settings: PPOSettings, resume: bool = False, progress: bool = True) -> PPOState:
-    """Train the judge with PPO; writes metrics.jsonl, checkpoints and adapters under settings.out."""
+    `task` (default: the judge task of `rl/judge.py` on settings.train) gives the prompts, picks each step's
+    prompts, scores answers and adds its own numbers to each step's metrics. Under `mlx.launch` each rank takes
+    every size-th prompt of a step; rank 0 alone writes files."""
     from tqdm import tqdm
 
     from mlxhv.data.io import load_examples
-    from mlxhv.eval.metrics import ece
     from mlxhv.models import load
-    from mlxhv.prompts import load_system_prompt, render_prompt
+    from mlxhv.prompts import load_system_prompt
+    from mlxhv.rl.judge import JudgeTask, evaluate_holdout
 
     s = settings
+    rank, world = distributed.rank(), distributed.size()
+    if s.prompts_per_step % world:
+        raise SettingsError(f"prompts_per_step {s.prompts_per_step} does not split over {world} ranks: "
+                            "make it a multiple of the number of ranks")
     out = Path(s.out)
     ckpt = latest_checkpoint(out) if resume else None
     if not resume and (out / "metrics.jsonl").exists():
-        raise FileExistsError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+        raise OutputExists(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
 
     system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
-    train_examples = load_examples(s.train)
+    if task is None:
+        task = JudgeTask.build(load_examples(s.train), tokenizer, system_prompt, s.answer_prefix, s.reward,
+                               s.balance_classes)
     holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []
-    prompts = [render_prompt(tokenizer, e, system_prompt, answer_prefix=s.answer_prefix) for e in train_examples]
     state = init_state(model, tokenizer, s)
+    if main:
+        print(describe_passes(model, s.share_prompts, s.cache_trunk) + (f", {world} ranks" if world > 1 else ""),
+              file=sys.stderr)  # once per run
+
+    def evaluate(step: int) -> dict:
+        return evaluate_holdout(state.policy.model, tokenizer, holdout, out / f"eval-step-{step:06d}",
+                                model_name=s.model, max_tokens=s.eval_max_tokens or s.max_new_tokens,
+                                batch_size=s.rollout_batch_size, answer_prefix=s.answer_prefix,
+                                system_prompt_file=s.system_prompt_file)
+
     if ckpt is not None:
         load_checkpoint(state, ckpt)
-        _truncate_log(out / "metrics.jsonl", state.step)
-        _truncate_log(out / "samples.jsonl", state.step)
+        if main:
+            _truncate_log(out / "metrics.jsonl", state.step)
+            _truncate_log(out / "samples.jsonl", state.step)
     elif holdout and not (out / "eval-step-000000").exists():
-        m = evaluate_holdout(state, holdout, out / "eval-step-000000")
-        _log(out / "metrics.jsonl", {"step": 0, "eval": _eval_summary(m)})
+        summary = evaluate(0)
+        if main:
+            _log(out / "metrics.jsonl", {"step": 0, "eval": summary})
+    distributed.check_same(state.policy.trainable_parameters(), "initial weights")
 
-    score_all = judge_score_fn(train_examples, s.reward, s.answer_prefix)
-    labels = [e.expected_decision.value for e in train_examples]
-    bar = tqdm(range(state.step + 1, s.steps + 1), desc="ppo", disable=not progress, initial=state.step,
+    bar = tqdm(range(state.step + 1, s.steps + 1), desc=s.algo, disable=not (progress and main), initial=state.step,
                total=s.steps)
     t_start = time.perf_counter()
     for step in bar:
         last = step == s.steps or (s.max_minutes is not None and time.perf_counter() - t_start > s.max_minutes * 60)
-        if s.balance_classes:
-            idx = select_prompts_by_class(labels, s.prompts_per_step, s.seed, step)
-        else:
-            idx = select_prompts(len(train_examples), s.prompts_per_step, s.seed, step)
-        step_prompts = [prompts[i] for i in idx]
-        infos: list[dict] = []
-
-        def score(j, completion, idx=idx):
-            r, info = score_all(idx[j], completion)
-            infos.append(info)
-            return r, {k: v for k, v in info.items() if not k.startswith("_")}
-
-        metrics = ppo_iteration(state, step_prompts, score, step)
-        conf = [i["_conf"] if (i["_valid"] and i["_conf"] is not None) else 0.0 for i in infos]
-        metrics["ece"] = ece(conf, [i["_correct"] for i in infos])
+        if world > 1:  # the ranks stop together
+            last = distributed.all_sum(float(last)) > 0
+        step_idx = task.select(step, s.prompts_per_step, s.seed)  # the same on every rank
+        idx = step_idx[rank::world]
+        metrics, scored = rl_iteration(state, [task.prompts[i] for i in idx],
+                                       lambda j, completion: task.score(idx[j], completion), step,
+                                       prompt_ids=list(range(rank, len(step_idx), world)))
+        metrics.update(task.step_metrics(scored))
+        if world > 1 and s.check_every and step % s.check_every == 0:
+            distributed.check_same(state.policy.trainable_parameters(), f"weights after step {step}")
         if holdout and ((s.eval_every and step % s.eval_every == 0) or last):
-            metrics["eval"] = _eval_summary(evaluate_holdout(state, holdout, out / f"eval-step-{step:06d}"))
-        _log(out / "metrics.jsonl", metrics)
-        _log(out / "samples.jsonl", {"step": step, "samples": [  # every answer of the step, for reading
-            {"gold": i["_gold"], "reward": round(i["_reward"], 4), "text": i["_text"]} for i in infos]})
+            metrics["eval"] = evaluate(step)
+        if main:
+            _log(out / "metrics.jsonl", metrics)
+            _log(out / "samples.jsonl", task.sample_record(step, scored))
+            if step % s.save_every == 0 or last:
+                save_checkpoint(state, out)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
                         kl=f"{metrics['kl']:.3f}")
-        if step % s.save_every == 0 or last:
-            save_checkpoint(state, out)
         if last:
             break
-    from mlxhv.rl.plot import plot_run
+    if main:
+        from mlxhv.rl.plot import plot_run
 
-    plot_run(out)
+        plot_run(out)
     return state
-
-
-def _eval_summary(m: dict) -> dict:
-    keys = ("accuracy", "ece", "brier", "ece_answered", "brier_answered", "macro_f1", "parse_failure_rate")
-    return {k: m.get(k) for k in keys if k in m}

@@ -1,4 +1,4 @@
-"""The value head and the one forward pass that gives logits and values.
+"""The value head, and projecting hidden states to logits the way the mlx-lm model does.
 
 V(s_t) = w2 · gelu(W1 h_t + b1) + b2, on the final (normed) hidden state h_t of the language model. The last
 layer starts at zero so V = 0 at step 0 (N implementation details). The head reads `stop_gradient(h)`: the
@@ -33,11 +33,3 @@ def lm_head(model: nn.Module, h: mx.array) -> mx.array:
     if hasattr(model, "lm_head"):
         return model.lm_head(h)
     return model.model.embed_tokens.as_linear(h)
-
-
-def forward(model: nn.Module, value_head: ValueHead | None, tokens: mx.array):
-    """tokens (B, T) -> logits (B, T, V) float32, values (B, T) or None."""
-    h = model.model(tokens)  # (B, T, H)
-    logits = lm_head(model, h).astype(mx.float32)  # (B, T, V)
-    values = value_head(mx.stop_gradient(h)) if value_head is not None else None  # (B, T)
-    return logits, values
