@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from cli.common import user_errors
 from mlxhv.data import (
     compute_stats, drop_overlap, format_stats, load_examples, parse_decision_weights, stratified_split,
     synth_examples, validate_files, write_jsonl,
@@ -44,8 +43,7 @@ def validate(files, kind):
 @click.option("--strict", is_flag=True, help="Exit non-zero when the balance targets are not met.")
 def stats(file, as_json, strict):
     """Counts by decision x level x domain, confidence histogram, balance check."""
-    with user_errors():
-        s = compute_stats(load_examples(file))
+    s = compute_stats(load_examples(file))
     click.echo(json.dumps(s, indent=2) if as_json else format_stats(s))
     if strict and not s["balance_ok"]:
         sys.exit(1)
@@ -61,16 +59,15 @@ def stats(file, as_json, strict):
 def split(file, holdout, seed, out_dir, force):
     """Deterministic stratified split (domain x decision x level) into train.jsonl and holdout.jsonl."""
     out_dir = out_dir or file.parent
-    with user_errors():
-        examples = load_examples(file)
-        train, held = stratified_split(examples, holdout, seed)
-        outs = [(out_dir / "train.jsonl", train), (out_dir / "holdout.jsonl", held)]
-        for p, _ in outs:
-            if p.exists() and not force:
-                raise OutputExists(f"{p}: already exists (use --force to overwrite)")
-        for p, recs in outs:
-            write_jsonl(p, recs, force=True)
-            click.echo(f"{p}: {len(recs)} examples")
+    examples = load_examples(file)
+    train, held = stratified_split(examples, holdout, seed)
+    outs = [(out_dir / "train.jsonl", train), (out_dir / "holdout.jsonl", held)]
+    for p, _ in outs:
+        if p.exists() and not force:
+            raise OutputExists(f"{p}: already exists (use --force to overwrite)")
+    for p, recs in outs:
+        write_jsonl(p, recs, force=True)
+        click.echo(f"{p}: {len(recs)} examples")
 
 
 @data.command()
@@ -91,13 +88,12 @@ def synth(n, seed, out, levels, decision_weights, excludes, force):
         weights = parse_decision_weights(decision_weights) if decision_weights else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--decision-weights") from None
-    with user_errors():
-        examples = synth_examples(n, seed=seed, levels=lv, decision_weights=weights)
-        for path in excludes:
-            kept = drop_overlap(examples, load_examples(path))
-            click.echo(f"{len(examples) - len(kept)} examples left out: same hypothesis and evidence as in {path}")
-            examples = kept
-        count = write_jsonl(out, examples, force=force)
+    examples = synth_examples(n, seed=seed, levels=lv, decision_weights=weights)
+    for path in excludes:
+        kept = drop_overlap(examples, load_examples(path))
+        click.echo(f"{len(examples) - len(kept)} examples left out: same hypothesis and evidence as in {path}")
+        examples = kept
+    count = write_jsonl(out, examples, force=force)
     click.echo(f"{out}: {count} examples")
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from cli.common import user_errors
 from mlxhv.schema import DOMAINS
 
 
@@ -74,16 +73,8 @@ def _levels(text: str) -> tuple[int, ...]:
 
 
 def _run(fn):
-    """Library errors as one-line messages (DataError / OutputExists via user_errors, API and plan errors here)."""
-    from mlxhv.generate import GenerateError
-
-    with user_errors():
-        try:
-            return fn()
-        except GenerateError as e:
-            raise click.ClickException(str(e))
-        except ValueError as e:
-            raise click.ClickException(str(e))
+    """Run a generation job (its errors are MlxhvErrors: the app's one mapper prints them)."""
+    return fn()
 
 
 @click.command()

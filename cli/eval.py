@@ -6,21 +6,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import user_errors
 from mlxhv.data import load_examples
-from mlxhv.eval.evaluator import (
-    GENERATION_PRESETS, PREDICTIONS, EvalError, EvalSettings, load_run, read_predictions, run_eval,
-)
-from mlxhv.eval.metrics import paired_outcomes
+from mlxhv.eval.evaluator import GENERATION_PRESETS, EvalSettings, load_run, paired_with_first, run_eval
 from mlxhv.eval.report import format_compare, verdict
-
-
-def _model_errors():
-    try:
-        from mlxhv.models.errors import ModelLoadError
-    except ImportError:
-        return (EvalError,)
-    return (EvalError, ModelLoadError)
 
 
 @click.command("eval")
@@ -34,22 +22,26 @@ def _model_errors():
               help="Evaluate a deterministic sample of N examples with the file's mix of domains, decisions, levels.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--max-tokens", type=int, default=None,
-              help=f"Token budget per answer (default per model: QwQ {GENERATION_PRESETS['qwq']['max_tokens']}, "
-                   f"others {GENERATION_PRESETS['default']['max_tokens']}).")
+              help=f"Token budget per answer (default: the adapter's, else per model: QwQ "
+                   f"{GENERATION_PRESETS['qwq']['max_tokens']}, others {GENERATION_PRESETS['default']['max_tokens']}).")
 @click.option("--temperature", type=float, default=None, help="Default per model: QwQ 0.6, others 0 (greedy).")
 @click.option("--top-p", type=float, default=None, help="Default per model: QwQ 0.95, others 1.0.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", default="auto", show_default=True, help="Passed to the model loader.")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
-              help="LoRA adapter directory (adapters.safetensors + adapter_config.json).")
+              help="LoRA adapter directory (adapters.safetensors + adapter_config.json). The prompt settings it "
+                   "was trained with (judge_prompt.json) apply unless --answer-prefix, --system-prompt or "
+                   "--max-tokens is given.")
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="Accuracy below which RL is worth pursuing.")
 @click.option("--restart", is_flag=True, help="Discard an existing run in --out instead of resuming it.")
-@click.option("--answer-prefix", default="", metavar="TEXT",
+@click.option("--answer-prefix", default=None, metavar="TEXT",
               help='Text that opens every answer (prefill); "json" means {"decision": " so a small model answers '
-                   'in the format at once. Compare runs only at the same prefix.')
+                   'in the format at once; "" none (default: the adapter\'s, else none). Compare runs only at the '
+                   'same prefix.')
 @click.option("--system-prompt", "system_prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A file holding a variant of the judge's system prompt (default: the built-in one).")
+              help="A file holding a variant of the judge's system prompt (default: the adapter's, else the "
+                   "built-in one).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, seed, precision, adapter_path,
           threshold, restart, answer_prefix, system_prompt_file, quiet):
@@ -59,14 +51,21 @@ def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, s
         adapter_path=str(adapter_path) if adapter_path else None, limit=limit, batch_size=batch_size,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, threshold=threshold,
         restart=restart, progress=not quiet, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file)
-    with user_errors():
-        try:
-            run = run_eval(settings)
-        except _model_errors() as e:
-            raise click.ClickException(str(e))
+    s = settings.resolved()
+    if s.from_adapter:
+        shown = {"answer_prefix": f"answer prefix {s.answer_prefix!r}",
+                 "max_tokens": f"max_tokens {s.max_tokens}",
+                 "system_prompt": f"system prompt ({len(s.system_prompt or '')} characters)"}
+        click.echo(f"prompt settings from {Path(s.adapter_path) / 'judge_prompt.json'}: "
+                   + ", ".join(shown[k] for k in s.from_adapter))
+    run = run_eval(settings)
     m = run.metrics
     click.echo(f"{m['n']} examples: accuracy {_pct(m['accuracy'])}, parse failures {_pct(m['parse_failure_rate'])}, "
-               f"macro-F1 {_num(m['macro_f1'])}, ECE {_num(m['ece'])}, Brier {_num(m['brier'])}")
+               f"macro-F1 {_num(m['macro_f1'])}, ECE {_num(m['ece'])}, Brier {_num(m['brier'])}, "
+               f"AUROC {_num(m.get('auroc'))}")
+    if m.get("n_token"):
+        click.echo(f"decision-token probability: ECE {_num(m['ece_token'])}, Brier {_num(m['brier_token'])}, "
+                   f"AUROC {_num(m['auroc_token'])}; better calibrated: {m['better_calibrated']}")
     if m.get("generation_tps"):
         click.echo(f"throughput: prompt {m['prompt_tps']:.1f} tok/s, generation {m['generation_tps']:.1f} tok/s, "
                    f"{m['examples_per_s']:.3f} examples/s")
@@ -83,24 +82,17 @@ def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, s
 def compare(runs, threshold, data):
     """Side-by-side table of eval run directories RUNS, and the verdict."""
     loaded = []
-    try:
-        for r in runs:
-            _, metrics = load_run(r)
-            loaded.append((r.name or str(r), metrics))
-    except EvalError as e:
-        raise click.ClickException(str(e))
+    for r in runs:
+        _, metrics = load_run(r)
+        loaded.append((r.name or str(r), metrics))
     names = [n for n, _ in loaded]
     if len(set(names)) < len(names):
         loaded = [(str(r), m) for r, (_, m) in zip(runs, loaded)]
     click.echo(format_compare(loaded, threshold))
     if data is not None and len(runs) > 1:
-        with user_errors():
-            gold = {e.id: e.expected_decision.value for e in load_examples(data)}
-            right = [{p.id: p.decision == gold[p.id] for p in read_predictions(Path(r) / PREDICTIONS) if p.id in gold}
-                     for r in runs]
+        paired = paired_with_first(runs, load_examples(data))
         click.echo(f"\nPaired on the examples of {data} (exact McNemar test against {loaded[0][0]}):")
-        for (name, _), correct in zip(loaded[1:], right[1:]):
-            po = paired_outcomes(right[0], correct)
+        for (name, _), po in zip(loaded[1:], paired):
             click.echo(f"  {name}: {po['n']} common examples; right in both {po['both']}, only in {name} "
                        f"{po['b_only']}, only in {loaded[0][0]} {po['a_only']}, in neither {po['neither']}; "
                        f"p = {po['p_value']:.3g}")

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from mlxhv.errors import SettingsError
 from mlxhv.schema import INVALID, Example
 
 SYSTEM_PROMPT = """You are a rigorous research analyst. You judge a business hypothesis against the evidence given.
@@ -89,10 +90,10 @@ def load_system_prompt(path: str | None) -> str:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{path}: system prompt file not found")
+        raise SettingsError(f"{path}: system prompt file not found")
     text = p.read_text(encoding="utf-8").strip()
     if not text:
-        raise ValueError(f"{path}: system prompt file is empty")
+        raise SettingsError(f"{path}: system prompt file is empty")
     return text
 
 
@@ -160,7 +161,7 @@ def render_prompt(tokenizer, example: Example, system_prompt: str = SYSTEM_PROMP
         ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     if answer_prefix:
         if prompt_opens_think(tokenizer, ids):
-            raise ValueError("answer_prefix: this model's chat template opens a <think> block; an answer prefix "
+            raise SettingsError("answer_prefix: this model's chat template opens a <think> block; an answer prefix "
                              "would land inside its reasoning. Leave it empty for reasoning models.")
         ids += list(tokenizer.encode(answer_prefix, add_special_tokens=False))
     return ids

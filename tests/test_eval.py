@@ -1,6 +1,7 @@
 """The evaluator's files, resume after a kill, settings guard, and the compare CLI — with a stub engine."""
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,6 +11,7 @@ from cli import main
 from mlxhv.data import synth_examples
 from mlxhv.eval import EvalError, EvalSettings, evaluate, format_compare, generation_preset, read_predictions, verdict
 from mlxhv.eval.report import NOT_NEEDED, WORTH
+from mlxhv.errors import SettingsError
 from tests.test_prompts import FakeTokenizer
 
 
@@ -252,5 +254,194 @@ def test_system_prompt_file_is_used_and_guarded(tmp_path):
     with pytest.raises(EvalError, match="prompt_sha"):
         evaluate(None, FakeTokenizer(), exs, _settings(system_prompt_file=str(variant)), out_dir=out,
                  generate_fn=engine)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(SettingsError, match="not found"):
         _settings(system_prompt_file=str(tmp_path / "missing.txt")).run_info()
+
+
+# --------------------------------------------------------------------------- decision-token probability (stubs)
+
+
+class ChunkTokenizer:
+    """Tokens are whole strings of a fixed vocabulary, so a token can straddle a word's edge."""
+
+    def __init__(self, vocab):
+        self.vocab = list(vocab)
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+def test_decision_span_rules():
+    from mlxhv.eval.tokenprob import decision_span
+
+    assert decision_span('VALIDATED", "confidence": 0.9}', "VALIDATED", at_start=True) == (0, 9)
+    assert decision_span(' validated"}', "VALIDATED", at_start=True) == (1, 10)
+    text = 'Let me weigh it. REJECTED? No. {"decision": "REFINED", "confidence": 0.6}'
+    assert decision_span(text, "REFINED", at_start=True) == (text.index("REFINED"), text.index("REFINED") + 7)
+    text = '{"decision": "REJECTED"} and later the decision VALIDATED'
+    assert decision_span(text, "REJECTED") == (14, 22)  # the keyed word that names the parsed decision
+    text = "It is REJECTED, I think. Then again REJECTED. Confidence 0.7"
+    assert decision_span(text, "REJECTED") == (36, 44)  # no key: the last word naming it
+    assert decision_span("decision: VALID", "VALIDATED") == (10, 15)  # an alias the parser accepts
+    assert decision_span("no answer", "REJECTED") is None
+    assert decision_span('REJECTED"}', "INVALID", at_start=True) is None
+
+
+def test_decision_prob_sums_the_tokens_that_spell_the_word():
+    from mlxhv.eval.tokenprob import decision_prob, token_range
+
+    tok = FakeTokenizer()  # one token per character
+    text = 'REJECTED", "confidence": 0.4}'
+    ids = tok.encode(text)
+    lps = [-0.01 * (k + 1) if k < 8 else -2.0 for k in range(len(ids))]
+    assert decision_prob(tok, ids, lps, "REJECTED", answer_prefix='{"decision": "') == pytest.approx(
+        math.exp(-0.01 * sum(range(1, 9))))
+    assert decision_prob(tok, ids, lps, "INVALID", '{"decision": "') is None
+    assert decision_prob(tok, ids, [], "REJECTED", '{"decision": "') is None  # no log-probs (a stub engine)
+
+    vocab = ["I think", ' {"decision": "', "REJ", 'ECTED",', ' "confidence": 0.', "4}", "REJECTED"]
+    chunks = ChunkTokenizer(vocab)
+    ids = [0, 1, 2, 3, 4, 5]
+    assert token_range(chunks, ids, 22, 30) == (2, 4)  # "REJ" + 'ECTED",' cover characters 22-30
+    lps = [-1.0, -0.5, -0.2, -0.1, -3.0, -0.05]
+    assert decision_prob(chunks, ids, lps, "REJECTED") == pytest.approx(math.exp(-0.3))
+    assert decision_prob(chunks, [6, 5], [-0.7, -0.1], "REJECTED", answer_prefix="x") == pytest.approx(
+        math.exp(-0.7))
+
+
+class TokenEngine:
+    """Continues the JSON prefix with REJECTED, one token per character (FakeTokenizer), each letter of the
+    decision word at log-prob -0.05 and the rest at -1; remembers its settings and prompts."""
+
+    TEXT = 'REJECTED", "confidence": 0.4}'
+
+    def __call__(self, model, tokenizer, prompts, settings, progress=False, on_batch=None):
+        self.settings, self.prompts = settings, prompts
+        ids = tokenizer.encode(self.TEXT)
+        lps = [-0.05 if k < 8 else -1.0 for k in range(len(ids))]
+        comps = [FakeCompletion(self.TEXT, ids, lps, prompt_tokens=len(p)) for p in prompts]
+        if on_batch:
+            on_batch(list(range(len(prompts))), comps)
+        return comps, FakeStats(sum(len(p) for p in prompts), len(ids) * len(prompts))
+
+
+def test_decision_prob_is_stored_and_scored(tmp_path):
+    exs = synth_examples(6, seed=3)
+    run = evaluate(None, FakeTokenizer(), exs, _settings(answer_prefix="json"), out_dir=tmp_path,
+                   generate_fn=TokenEngine())
+    q = math.exp(-0.4)
+    saved = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [x["decision_prob"] for x in saved] == [pytest.approx(q)] * 6
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    acc = sum(e.expected_decision.value == "REJECTED" for e in exs) / 6
+    # one bin holds every example: |acc − q| for the token probability, |acc − 0.4| for the stated confidence
+    assert m["ece_token"] == pytest.approx(abs(acc - q)) and m["ece"] == pytest.approx(abs(acc - 0.4))
+    assert m["n_token"] == 6 and m["by_predicted_class"]["REJECTED"]["n"] == 6
+    report = (tmp_path / "report.md").read_text()
+    assert "## Calibration per predicted class" in report and "Better calibrated" in report
+    assert "AUROC, decision-token prob" in report
+    assert run.predictions[0].decision_prob == pytest.approx(q)
+
+
+# ------------------------------------------------------------------------------- adapter prompt settings
+
+
+def _adapter(tmp_path, **kw):
+    from mlxhv.prompts import PromptConfig, write_prompt_config
+
+    d = tmp_path / "adapter"
+    d.mkdir(exist_ok=True)
+    write_prompt_config(d, PromptConfig(**kw))
+    return d
+
+
+def test_adapter_prompt_settings_apply_unless_set(tmp_path):
+    from mlxhv.eval.evaluator import prompt_sha
+
+    exs = synth_examples(3, seed=1)
+    adapter = _adapter(tmp_path, system_prompt="Adapter prompt.", answer_prefix='{"decision": "', max_tokens=7)
+    engine = TokenEngine()
+    out = tmp_path / "run"
+    run = evaluate(None, FakeTokenizer(), exs, _settings(adapter_path=str(adapter)), out_dir=out, generate_fn=engine)
+    texts = [FakeTokenizer().decode(p) for p in engine.prompts]
+    assert all(t.startswith("<|system|>Adapter prompt.<|user|>") for t in texts)
+    assert all(t.endswith('<|assistant|>{"decision": "') for t in texts)
+    assert engine.settings.max_tokens == 7
+    info = json.loads((out / "run.json").read_text())
+    assert info["answer_prefix"] == '{"decision": "' and info["max_tokens"] == 7
+    assert info["prompt_sha"] == prompt_sha("Adapter prompt.") != prompt_sha()
+    assert sorted(info["prompt_from_adapter"]) == ["answer_prefix", "max_tokens", "system_prompt"]
+    assert run.predictions[0].raw.startswith('{"decision": "REJECTED"')
+
+    # resuming with the same adapter settings generates nothing; changing one through an override is refused
+    engine = TokenEngine()
+    evaluate(None, FakeTokenizer(), exs, _settings(adapter_path=str(adapter)), out_dir=out, generate_fn=engine)
+    assert not hasattr(engine, "prompts")
+    with pytest.raises(EvalError, match="answer_prefix"):
+        evaluate(None, FakeTokenizer(), exs, _settings(adapter_path=str(adapter), answer_prefix=""), out_dir=out,
+                 generate_fn=engine)
+
+    # settings given explicitly win over the adapter's
+    variant = tmp_path / "prompt.txt"
+    variant.write_text("File prompt.")
+    engine = PrefixEngine()
+    evaluate(None, FakeTokenizer(), exs,
+             _settings(adapter_path=str(adapter), answer_prefix="", max_tokens=5, system_prompt_file=str(variant)),
+             out_dir=tmp_path / "override", generate_fn=engine)
+    texts = [FakeTokenizer().decode(p) for p in engine.prompts]
+    assert all(t.startswith("<|system|>File prompt.<|user|>") and t.endswith("<|assistant|>") for t in texts)
+    info = json.loads((tmp_path / "override" / "run.json").read_text())
+    assert info["max_tokens"] == 5 and info["answer_prefix"] == "" and info["prompt_from_adapter"] == []
+    assert info["prompt_sha"] == prompt_sha("File prompt.")
+
+
+def test_adapter_without_prompt_settings_and_system_prompt_text(tmp_path):
+    from mlxhv.errors import ModelLoadError, SettingsError
+    from mlxhv.eval.evaluator import prompt_sha
+
+    bare = tmp_path / "bare"  # an adapter made by mlx_lm.lora records no prompt: eval's defaults
+    bare.mkdir()
+    s = _settings(adapter_path=str(bare)).resolved()
+    assert (s.answer_prefix, s.max_tokens, s.system_prompt, s.from_adapter) == ("", 256, None, ())
+    # the adapter trained with the built-in prompt (stored as null) and no prefix: nothing to apply but max_tokens
+    adapter = _adapter(tmp_path, max_tokens=9)
+    s = _settings(adapter_path=str(adapter)).resolved()
+    assert (s.answer_prefix, s.max_tokens, s.system_prompt) == ("", 9, None)
+    assert s.resolved() == s  # resolving twice changes nothing
+
+    engine = PrefixEngine()
+    run = evaluate(None, FakeTokenizer(), synth_examples(2, seed=0), _settings(system_prompt="Text prompt."),
+                   out_dir=tmp_path / "text", generate_fn=engine)
+    assert all(FakeTokenizer().decode(p).startswith("<|system|>Text prompt.<|user|>") for p in engine.prompts)
+    assert json.loads((tmp_path / "text" / "run.json").read_text())["prompt_sha"] == prompt_sha("Text prompt.")
+    assert run.metrics["n"] == 2
+    with pytest.raises(SettingsError, match="not both"):
+        _settings(system_prompt="a", system_prompt_file="b.txt")
+    (adapter / "judge_prompt.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="judge_prompt.json"):
+        _settings(adapter_path=str(adapter)).resolved()
+
+
+def test_compare_shows_auroc_and_token_metrics_and_pairs_in_the_library(tmp_path):
+    from mlxhv.eval import paired_with_first
+
+    exs = synth_examples(6, seed=3)
+    evaluate(None, FakeTokenizer(), exs, _settings(answer_prefix="json"), out_dir=tmp_path / "tok",
+             generate_fn=TokenEngine())
+    evaluate(None, FakeTokenizer(), exs, _settings(), out_dir=tmp_path / "plain", generate_fn=StubEngine())
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "tok"), str(tmp_path / "plain")])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in result.output.splitlines() if line.startswith("|")}
+    m = json.loads((tmp_path / "tok" / "metrics.json").read_text())
+    assert rows["ECE, decision-token prob"] == [f"{m['ece_token']:.3f}", "–"]  # the stub engine gives no log-probs
+    assert "AUROC, right vs wrong" in rows and "better calibrated (ECE)" in rows
+
+    gold = {e.id: e.expected_decision.value for e in exs}
+    tok_right = {e.id: gold[e.id] == "REJECTED" for e in exs}
+    plain = [p for p in read_predictions(tmp_path / "plain" / "predictions.jsonl")]
+    plain_right = {p.id: p.decision != "INVALID" and p.decision == gold[p.id] for p in plain}
+    (po,) = paired_with_first([tmp_path / "tok", tmp_path / "plain"], exs)
+    assert po["n"] == 6
+    assert po["a_only"] == sum(tok_right[i] and not plain_right[i] for i in gold)
+    assert po["b_only"] == sum(plain_right[i] and not tok_right[i] for i in gold)

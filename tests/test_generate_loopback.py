@@ -401,7 +401,7 @@ def test_no_key_for_openai_is_a_clean_error(tmp_path, topics_file, monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     r = CliRunner().invoke(main, ["data", "generate", "--topics", str(topics_file), "-n", "2", "-o",
                                   str(tmp_path / "ex.jsonl")])
-    assert r.exit_code == 1 and "OPENAI_API_KEY is not set" in r.output
+    assert r.exit_code == 2 and "error: " in r.output and "OPENAI_API_KEY is not set" in r.output
 
 
 def test_topics_spread_evenly_and_deduplicated(tmp_path, server):

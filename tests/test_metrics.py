@@ -185,3 +185,118 @@ def test_cost_metrics_aggregate_sessions():
     assert c["wall_s"] == 10.0 and c["examples_per_s"] == approx(0.2) and c["peak_memory_gb"] == 2.5
     assert M.cost_metrics(preds)["prompt_tps"] is None
     assert not math.isnan(M.cost_metrics([])["truncated_rate"] or 0.0)
+
+
+# ------------------------------------------------------------------------------------------ AUROC, token metrics
+
+AUROC_CASES = [
+    # (scores, labels)
+    ([0.9, 0.8, 0.3, 0.1], [True, True, False, False]),  # perfect
+    ([0.1, 0.2, 0.8, 0.9], [True, True, False, False]),  # inverted
+    ([0.5, 0.5, 0.5, 0.5], [True, False, True, False]),  # all tied: 0.5
+    ([0.9, 0.7, 0.7, 0.7, 0.2], [True, True, False, False, True]),  # a tie across the classes
+    ([1.0, 1.0, 0.0, 0.0, 0.0, 0.6], [True, False, False, False, True, True]),  # ties at both ends
+    ([0.2, 0.9, 0.4, 0.4, 0.6, 0.1, 0.9, 0.3], [False, True, True, False, True, False, False, True]),
+    ([0.0, 0.0, 0.85, 0.85, 0.85, 0.7, 0.7], [False, False, True, False, True, True, False]),
+]
+
+
+@pytest.mark.parametrize("scores,labels", AUROC_CASES)
+def test_auroc_matches_sklearn(scores, labels):
+    from sklearn.metrics import roc_auc_score
+
+    assert M.auroc(scores, labels) == approx(roc_auc_score(labels, scores))
+
+
+def test_auroc_matches_sklearn_on_random_tables():
+    import random
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = random.Random(0)
+    for n in (2, 5, 17, 60):
+        for _ in range(20):
+            labels = [rng.random() < 0.6 for _ in range(n)]
+            if len(set(labels)) < 2:
+                continue
+            scores = [rng.choice([0.0, 0.25, 0.5, 0.5, 0.75, 1.0]) if rng.random() < 0.5 else rng.random()
+                      for _ in range(n)]  # many ties
+            assert M.auroc(scores, labels) == approx(roc_auc_score(labels, scores))
+
+
+def test_auroc_undefined_with_one_class_and_a_slow_reference():
+    assert math.isnan(M.auroc([0.1, 0.9], [True, True])) and math.isnan(M.auroc([0.3], [False]))
+    assert math.isnan(M.auroc([], []))
+    scores, labels = AUROC_CASES[5]
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    slow = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+    assert M.auroc(scores, labels) == approx(slow)
+    with pytest.raises(ValueError):
+        M.auroc([0.1], [True, False])
+
+
+# The decision-token probabilities of TABLE's predictions (None: unknown; #5 is INVALID, so it scores 0 anyway)
+TOKEN = [0.6, 0.95, 0.9, 0.7, 0.3, None, 0.55, 0.8]
+
+
+def test_auroc_and_token_metrics_in_quality_metrics():
+    ok = M.correctness(GOLD, PRED)  # 1 1 0 1 0 1 0 1
+    m = M.quality_metrics(GOLD, PRED, CONF, decision_prob=TOKEN)
+    # stated, scored: .9 .8 .6 .7 0 .5 1.0 0 — right {.9, .8, .7, .5, 0}, wrong {.6, 0, 1.0}
+    # pairs (right > wrong) + ½ ties: .9: 2, .8: 2, .7: 2, .5: 1, 0: ½ (tie with #5) → 7.5 / 15
+    assert m["auroc"] == approx(7.5 / 15)
+    # answered only: right {.9, .8, .7, .5}, wrong {.6, 1.0}: .9: 1, .8: 1, .7: 1, .5: 0 → 3 / 8
+    assert m["auroc_answered"] == approx(3 / 8)
+    # token, scored: .6 .95 .9 .7 0 0 .55 .8 — right {.6, .95, .7, 0, .8}, wrong {.9, 0, .55}
+    # .6: 2, .95: 3, .7: 2, 0: ½, .8: 2 → 9.5 / 15
+    q = [0.6, 0.95, 0.9, 0.7, 0.0, 0.0, 0.55, 0.8]
+    assert m["n_token"] == 6 and m["auroc_token"] == approx(9.5 / 15)
+    assert m["brier_token"] == approx(sum((a - float(c)) ** 2 for a, c in zip(q, ok)) / 8)
+    # bin 0 holds #5 (wrong) and #6 (right) → |0.5 − 0|·2/8; the rest are alone in their bins
+    assert m["ece_token"] == approx(0.5 * 2 / 8 + (0.4 + 0.05 + 0.9 + 0.3 + 0.55 + 0.2) / 8)
+    assert m["ece"] == approx(0.125 + 2.7 / 8)
+    assert m["better_calibrated"] == "token"  # 0.425 < 0.4625
+
+
+def test_token_metrics_are_none_without_probabilities():
+    m = M.quality_metrics(GOLD, PRED, CONF)
+    assert m["n_token"] == 0 and m["ece_token"] is None and m["auroc_token"] is None and m["brier_token"] is None
+    assert m["better_calibrated"] is None
+    m = M.quality_metrics([V, V], [V, V], [0.9, 0.8], decision_prob=[0.7, 0.6])
+    assert m["auroc"] is None and m["auroc_token"] is None  # one class: undefined, stored as null
+    assert M.better_calibrated(0.1, 0.2) == "stated" and M.better_calibrated(0.2, 0.2) == "tie"
+
+
+def test_by_predicted_class_and_compute_metrics_with_token_probs():
+    exs = [make_example(i, g, d, lv) for i, (g, _, _, d, lv) in enumerate(TABLE, 1)]
+    preds = [make_pred(i, p, c, decision_prob=t) for i, ((_, p, c, _, _), t) in enumerate(zip(TABLE, TOKEN), 1)]
+    m = M.compute_metrics(exs, preds)
+    assert m["n_token"] == 6 and m["auroc"] == approx(7.5 / 15) and m["auroc_token"] == approx(9.5 / 15)
+    c = m["by_predicted_class"]
+    # predicted V: #1 (.9, right), #2 (.8, right), #7 (1.0, wrong), #8 (None → 0, right)
+    assert c[V]["n"] == 4 and c[V]["accuracy"] == 0.75
+    assert c[V]["mean_confidence"] == approx(2.7 / 4)
+    assert c[V]["ece"] == approx((0.1 + 0.2 + 1.0 + 1.0) / 4)
+    # token: .6 (right), .95 (right), .55 (wrong), .8 (right)
+    assert c[V]["mean_token_prob"] == approx(2.9 / 4)
+    assert c[V]["ece_token"] == approx((0.4 + 0.05 + 0.55 + 0.2) / 4)
+    assert sum(b["count"] for b in c[V]["reliability"]) == 4
+    # predicted J: #3 (.6 wrong), #4 (.7 right); predicted F: #6 (.5 right, no token prob)
+    assert c[J]["n"] == 2 and c[J]["accuracy"] == 0.5 and c[J]["ece"] == approx((0.6 + 0.3) / 2)
+    assert c[F]["n"] == 1 and c[F]["mean_token_prob"] is None and c[F]["ece_token"] is None
+    assert sum(b["count"] for b in m["reliability_token"]) == 8
+    assert m["by_domain"]["finance"]["auroc"] is not None and "ece_token" in m["by_level"]["1"]
+    # a run without token probabilities (an older predictions.jsonl)
+    m = M.compute_metrics(exs, [make_pred(i, p, c) for i, (_, p, c, _, _) in enumerate(TABLE, 1)])
+    assert m["reliability_token"] is None and m["ece_token"] is None
+    assert m["by_predicted_class"][V]["ece_token"] is None
+
+
+def test_prediction_without_decision_prob_still_loads():
+    old = '{"id": "a", "decision": "REJECTED", "confidence": 0.4, "raw": "x", "completion_tokens": 3}'
+    p = Prediction.model_validate_json(old)
+    assert p.decision_prob is None
+    assert Prediction(id="a", decision=V, decision_prob=0.25).decision_prob == 0.25
+    with pytest.raises(ValueError):
+        Prediction(id="a", decision=V, decision_prob=1.5)

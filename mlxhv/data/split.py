@@ -11,6 +11,7 @@ import math
 import random
 from collections import defaultdict
 
+from mlxhv.errors import SettingsError
 from mlxhv.schema import Example
 
 
@@ -21,7 +22,7 @@ def stratum(e: Example) -> tuple:
 def stratified_split(examples: list[Example], holdout: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Return (train, holdout) lists, each in the input order."""
     if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+        raise SettingsError(f"holdout must be in (0, 1), got {holdout}")
     groups: dict[tuple, list[Example]] = defaultdict(list)
     for e in examples:
         groups[stratum(e)].append(e)

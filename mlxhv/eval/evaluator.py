@@ -1,8 +1,9 @@
 """Batched evaluation of a judge model: prompts → engine → parser → predictions.jsonl → metrics.json, report.md.
 
 Files in the run directory:
-- `run.json` — what the predictions depend on (model, precision, adapter, generation settings, prompt hash);
-  a later run into the same directory must match it, or it refuses (`restart=True` starts over).
+- `run.json` — what the predictions depend on (model, precision, adapter, generation settings, prompt hash),
+  with the effective values (an adapter's prompt settings applied, see `EvalSettings`); a later run into the same
+  directory must match it, or it refuses (`restart=True` starts over).
 - `predictions.jsonl` — one `Prediction` per example, appended after every engine batch (one write(2) per line,
   fsync). Resuming: a partial last line from a killed run is cut (`repair_tail`), ids already present are
   skipped, the rest are generated. So a rerun after a kill gives exactly one line per example.
@@ -26,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from mlxhv.errors import EvalError  # noqa: F401  (raised here, re-exported)
-from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail
-from mlxhv.eval.metrics import compute_metrics
+from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
+from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail, write_json_atomic
+from mlxhv.eval.metrics import compute_metrics, correctness, paired_outcomes
+from mlxhv.eval.tokenprob import decision_prob
 from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, parse_answer, prompt_opens_think,
-                           render_prompt, resolve_answer_prefix)
+                           read_prompt_config, render_prompt, resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
 
 PREDICTIONS = "predictions.jsonl"
@@ -65,7 +67,13 @@ def prompt_sha(system_prompt: str = SYSTEM_PROMPT) -> str:
 
 @dataclass
 class EvalSettings:
-    """One evaluation job. None for a generation field means "the model preset's value" (`generation_preset`)."""
+    """One evaluation job. None for a generation field means "the model preset's value" (`generation_preset`).
+
+    An adapter that records its prompt settings (`prompts.read_prompt_config`: `judge_prompt.json` beside its
+    weights) supplies `answer_prefix`, the system prompt and `max_tokens` wherever they are None here (the
+    system prompt counts as set when `system_prompt` or `system_prompt_file` is); a value set here wins.
+    `resolved()` applies all defaults and lists the fields it took from the adapter in `from_adapter`.
+    """
 
     model: str = "smollm2-135m"
     data: Optional[str] = None  # JSONL of Examples (used by run_eval; evaluate takes the examples directly)
@@ -83,20 +91,48 @@ class EvalSettings:
     progress: bool = True
     report_samples: int = 5  # wrong answers quoted in report.md
     system_prompt_file: Optional[str] = None  # a variant of prompts.SYSTEM_PROMPT, read from this file
-    answer_prefix: str = ""  # opens the assistant's answer (prompts.JSON_ANSWER_PREFIX); parsed with the completion
+    system_prompt: Optional[str] = None  # or the variant's text itself (an adapter's judge_prompt.json holds one)
+    # Opens the assistant's answer ("json" = prompts.JSON_ANSWER_PREFIX); parsed with the completion. None: the
+    # adapter's, else none.
+    answer_prefix: Optional[str] = None
+    from_adapter: tuple = ()  # filled by resolved(): the fields taken from the adapter's prompt settings
 
     def __post_init__(self):
-        self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
+        if self.answer_prefix is not None:
+            self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise SettingsError("system_prompt and system_prompt_file: give the system prompt one way, not both")
+        if self.system_prompt is not None and not self.system_prompt.strip():
+            raise SettingsError("system_prompt: empty")
 
     def resolved(self) -> "EvalSettings":
-        preset = generation_preset(self.model)
-        return dataclasses.replace(
-            self, **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in preset.items()})
+        """These settings with the adapter's prompt settings, then the model preset, filling what is None."""
+        s, taken = self, list(self.from_adapter)
+        config = read_prompt_config(self.adapter_path) if self.adapter_path else None
+        if config is not None:
+            fill = {}
+            if s.answer_prefix is None:
+                fill["answer_prefix"] = resolve_answer_prefix(config.answer_prefix)
+            if s.system_prompt is None and s.system_prompt_file is None and config.system_prompt is not None:
+                fill["system_prompt"] = config.system_prompt
+            if s.max_tokens is None and config.max_tokens is not None:
+                fill["max_tokens"] = config.max_tokens
+            taken += list(fill)
+            s = dataclasses.replace(s, **fill)
+        preset = generation_preset(s.model)
+        fill = {k: v for k, v in preset.items() if getattr(s, k) is None}
+        return dataclasses.replace(s, **fill, answer_prefix=s.answer_prefix or "", from_adapter=tuple(taken))
+
+    def system_prompt_text(self) -> str:
+        """The system prompt used: `system_prompt`, else the file's text, else prompts.SYSTEM_PROMPT."""
+        return self.system_prompt if self.system_prompt is not None else load_system_prompt(self.system_prompt_file)
 
     def run_info(self) -> dict:
+        """run.json: the effective RESUME_KEYS values (prompt_sha hashes the system prompt text used), and the
+        fields that came from the adapter's prompt settings (informational, not compared on resume)."""
         s = self.resolved()
         return {**{k: getattr(s, k) for k in RESUME_KEYS if k != "prompt_sha"},
-                "prompt_sha": prompt_sha(load_system_prompt(s.system_prompt_file))}
+                "prompt_sha": prompt_sha(s.system_prompt_text()), "prompt_from_adapter": list(s.from_adapter)}
 
 
 @dataclass
@@ -254,9 +290,25 @@ def evaluate(model, tokenizer, examples: Sequence[Example], settings: EvalSettin
     return run
 
 
+def completion_prediction(id: str, completion, answer_prefix: str = "", in_think: bool = False,
+                          latency_s: float = 0.0, tokenizer=None) -> Prediction:
+    """The Prediction for one engine `Completion`: the parser reads `answer_prefix + completion.text`, which is
+    kept as `raw`; `truncated` when the token budget, not EOS, ended it. With `tokenizer`, `decision_prob` is the
+    model's probability of the decision word (`tokenprob.decision_prob`). (Shared with mlxhv.judge.)"""
+    raw = answer_prefix + completion.text
+    parsed = parse_answer(raw, in_think=in_think)
+    prob = None
+    if tokenizer is not None:
+        prob = decision_prob(tokenizer, completion.tokens, completion.logprobs, parsed.decision, answer_prefix)
+    return Prediction(
+        id=id, decision=parsed.decision, confidence=parsed.confidence, refined_hypothesis=parsed.refined_hypothesis,
+        raw=raw, prompt_tokens=completion.prompt_tokens, completion_tokens=len(completion.tokens),
+        truncated=completion.finish_reason == "length", latency_s=round(latency_s, 4), decision_prob=prob)
+
+
 def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, n_done, n_total) -> dict:
     try:
-        system_prompt = load_system_prompt(settings.system_prompt_file)
+        system_prompt = settings.system_prompt_text()
         prompts = [render_prompt(tokenizer, ex, system_prompt, answer_prefix=settings.answer_prefix) for ex in todo]
     except ValueError as e:
         raise EvalError(str(e)) from None
@@ -278,13 +330,7 @@ def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds,
         batch_s, last = now - last, now
         preds = []
         for i, c in zip(indices, completions):
-            ex = todo[i]
-            raw = settings.answer_prefix + c.text
-            parsed = parse_answer(raw, in_think=in_think)
-            preds.append(Prediction(
-                id=ex.id, decision=parsed.decision, confidence=parsed.confidence,
-                refined_hypothesis=parsed.refined_hypothesis, raw=raw, prompt_tokens=c.prompt_tokens,
-                completion_tokens=len(c.tokens), truncated=c.finish_reason == "length", latency_s=round(batch_s, 4)))
+            preds.append(completion_prediction(todo[i].id, c, settings.answer_prefix, in_think, batch_s, tokenizer))
             gen_tokens += len(c.tokens)
         if out_dir is not None:
             append_jsonl(out_dir / PREDICTIONS, preds)
@@ -312,11 +358,11 @@ def write_outputs(run: Run) -> None:
     from mlxhv.eval.report import format_report, plot_reliability
 
     out = run.out_dir
-    tmp = out / (METRICS + ".tmp")
-    tmp.write_text(json.dumps(run.metrics, indent=2) + "\n")
-    os.replace(tmp, out / METRICS)
-    has_plot = plot_reliability(run.metrics["reliability"], out / RELIABILITY_PNG,
-                                title=f"{run.settings.model} (n={run.metrics['n']})")
+    write_json_atomic(out / METRICS, run.metrics)
+    m = run.metrics
+    has_plot = plot_reliability(m["reliability"], out / RELIABILITY_PNG, title=f"{run.settings.model} (n={m['n']})",
+                                by_class={k: v["reliability"] for k, v in m["by_predicted_class"].items()},
+                                token_bins=m.get("reliability_token"))
     (out / REPORT).write_text(format_report(run, plot=RELIABILITY_PNG if has_plot else None))
 
 
@@ -330,6 +376,22 @@ def run_eval(settings: EvalSettings, generate_fn: Optional[Callable] = None) -> 
     examples = load_examples(settings.data)
     model, tokenizer = load(settings.model, precision=settings.precision, adapter_path=settings.adapter_path)
     return evaluate(model, tokenizer, examples, settings, generate_fn=generate_fn)
+
+
+def run_correctness(run_dir: os.PathLike, gold: dict[str, str]) -> dict[str, bool]:
+    """{id: right?} for the predictions in a run directory whose id is in `gold` ({id: gold decision});
+    INVALID is wrong (`metrics.correctness`)."""
+    preds = [p for p in read_predictions(Path(run_dir) / PREDICTIONS) if p.id in gold]
+    ok = correctness([gold[p.id] for p in preds], [getattr(p.decision, "value", p.decision) for p in preds])
+    return {p.id: right for p, right in zip(preds, ok)}
+
+
+def paired_with_first(run_dirs: Sequence[os.PathLike], examples: Sequence[Example]) -> list[dict]:
+    """Each run after the first paired with the first on their common examples: `metrics.paired_outcomes`
+    (a = the first run, b = the other; counts and the exact McNemar p-value), one dict per later run."""
+    gold = {e.id: e.expected_decision.value for e in examples}
+    right = [run_correctness(r, gold) for r in run_dirs]
+    return [paired_outcomes(right[0], other) for other in right[1:]]
 
 
 def load_run(run_dir: os.PathLike) -> tuple[dict, dict]:

@@ -19,6 +19,15 @@ Conventions (one place, used everywhere):
 - Per-class precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2TP / (2TP + FP + FN); each is None when
   its denominator is 0. An INVALID prediction of a class-k example is a false negative for k. Macro-F1 is the mean
   F1 over the classes whose F1 is defined (those present in the gold labels or the predictions).
+- AUROC of a confidence is how well it ranks right answers above wrong ones (Mann-Whitney, ties count ½); it is
+  over the scored confidences of every example, like ECE (`auroc_answered`: answered only). Undefined (NaN from
+  `auroc`, null in metrics.json) when every example is right or every one is wrong.
+- Two confidences are scored: the *stated* one (`ece`, `brier`, `auroc`) and the model's own probability of its
+  decision word, `Prediction.decision_prob` (`ece_token`, `brier_token`, `auroc_token`; mlxhv.eval.tokenprob),
+  with the same conventions (INVALID or unknown → 0). `better_calibrated` names the one with the lower ECE.
+- Per predicted class (`by_predicted_class`): the examples the judge labelled k, their accuracy (= precision of
+  k), mean confidences, ECEs and reliability bins — calibration of "when it says k with q, is it right q of the
+  time".
 """
 
 from __future__ import annotations
@@ -109,6 +118,45 @@ def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bin
     ]
 
 
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of `scores` for telling labels True (right) from False (wrong):
+
+        AUROC = 1/(n₊ n₋) · Σ_{i: yᵢ} Σ_{j: ¬yⱼ} [1(sᵢ > sⱼ) + ½ · 1(sᵢ = sⱼ)]  (the Mann-Whitney U / (n₊ n₋)),
+
+    computed from mid-ranks as (R₊ − n₊(n₊ + 1)/2) / (n₊ n₋), R₊ the sum of the positives' ranks among all scores
+    with tied scores sharing their mean rank. 0.5 is chance, 1 perfect ranking. NaN when either class is empty.
+    """
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores vs {len(labels)} labels")
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):  # a run of tied scores order[i:j] shares the mean of ranks i+1 … j
+        j = i
+        while j < len(order) and scores[order[j]] == scores[order[i]]:
+            j += 1
+        mid_rank = (i + 1 + j) / 2
+        rank_sum += mid_rank * sum(1 for k in order[i:j] if labels[k])
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _defined(x: float) -> Optional[float]:
+    return None if x is None or math.isnan(x) else x
+
+
+def better_calibrated(ece_stated: Optional[float], ece_token: Optional[float]) -> Optional[str]:
+    """"stated" or "token": the confidence with the lower ECE; "tie" when equal; None when either is unknown."""
+    if ece_stated is None or ece_token is None:
+        return None
+    if math.isclose(ece_stated, ece_token, abs_tol=1e-12):
+        return "tie"
+    return "stated" if ece_stated < ece_token else "token"
+
+
 def ece(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS) -> Optional[float]:
     """Top-label expected calibration error: Σ_b (n_b/N)·|acc_b − conf_b| over equal-width bins. None if empty."""
     n = len(confidence)
@@ -135,9 +183,23 @@ def mean_confidence_by_outcome(confidence: Sequence[Optional[float]], correct: S
     return {"right": _mean(right), "wrong": _mean(wrong)}
 
 
+def token_metrics(pred: Sequence[str], ok: Sequence[bool], decision_prob: Optional[Sequence[Optional[float]]],
+                  n_bins: int = N_BINS) -> dict:
+    """ECE, Brier and AUROC of the decision-token probability (scored like the stated confidence: INVALID or
+    unknown → 0), and `n_token` (predictions with a probability); all None when no prediction has one."""
+    probs = list(decision_prob) if decision_prob is not None else [None] * len(pred)
+    n_token = sum(1 for p, q in zip(pred, probs) if p != INVALID and q is not None)
+    if n_token == 0:
+        return {"n_token": 0, "ece_token": None, "brier_token": None, "auroc_token": None}
+    scored = scored_confidences(pred, probs)
+    return {"n_token": n_token, "ece_token": ece(scored, ok, n_bins), "brier_token": brier(scored, ok),
+            "auroc_token": _defined(auroc(scored, ok))}
+
+
 def quality_metrics(gold: Sequence[str], pred: Sequence[str], confidence: Sequence[Optional[float]],
-                    n_bins: int = N_BINS) -> dict:
-    """Every accuracy and calibration metric over one set of examples (no breakdowns)."""
+                    n_bins: int = N_BINS, decision_prob: Optional[Sequence[Optional[float]]] = None) -> dict:
+    """Every accuracy and calibration metric over one set of examples (no breakdowns); `decision_prob` (the
+    model's probability of each decision, None where unknown) adds the `*_token` metrics."""
     ok = correctness(gold, pred)
     scored = scored_confidences(pred, confidence)
     answered = [i for i, (p, c) in enumerate(zip(pred, confidence)) if p != INVALID and c is not None]
@@ -146,6 +208,8 @@ def quality_metrics(gold: Sequence[str], pred: Sequence[str], confidence: Sequen
     prf = per_class_prf(gold, pred)
     by_outcome = mean_confidence_by_outcome(
         [None if p == INVALID else c for p, c in zip(pred, confidence)], ok)
+    tok = token_metrics(pred, ok, decision_prob, n_bins)
+    stated_ece = ece(scored, ok, n_bins)
     return {
         "n": len(gold),
         "accuracy": accuracy(gold, pred),
@@ -153,18 +217,48 @@ def quality_metrics(gold: Sequence[str], pred: Sequence[str], confidence: Sequen
         "macro_f1": macro_f1(prf),
         "per_class": prf,
         "confusion": confusion_matrix(gold, pred),
-        "ece": ece(scored, ok, n_bins),
+        "ece": stated_ece,
         "brier": brier(scored, ok),
+        "auroc": _defined(auroc(scored, ok)),
         "n_answered": len(answered),
         "ece_answered": ece(ans_conf, ans_ok, n_bins),
         "brier_answered": brier(ans_conf, ans_ok),
+        "auroc_answered": _defined(auroc(ans_conf, ans_ok)),
         "mean_confidence_right": by_outcome["right"],
         "mean_confidence_wrong": by_outcome["wrong"],
+        **tok,
+        "better_calibrated": better_calibrated(stated_ece, tok["ece_token"]),
     }
 
 
+def by_predicted_class(pred: Sequence[str], ok: Sequence[bool], confidence: Sequence[Optional[float]],
+                       decision_prob: Optional[Sequence[Optional[float]]] = None, classes: Sequence[str] = DECISIONS,
+                       n_bins: int = N_BINS) -> dict:
+    """{class k: {n, accuracy, mean_confidence, ece, mean_token_prob, ece_token, reliability}} over the examples
+    predicted k (accuracy = precision of k). Confidences are scored as everywhere (None → 0); the token entries
+    are None when no prediction of k has a decision probability; the rest are None when k was never predicted."""
+    probs = list(decision_prob) if decision_prob is not None else [None] * len(pred)
+    out = {}
+    for k in classes:
+        idx = [i for i, p in enumerate(pred) if p == k]
+        q = scored_confidences([k] * len(idx), [confidence[i] for i in idx])
+        c = [ok[i] for i in idx]
+        has_tok = any(probs[i] is not None for i in idx)
+        qt = scored_confidences([k] * len(idx), [probs[i] for i in idx])
+        out[k] = {
+            "n": len(idx),
+            "accuracy": _mean([float(x) for x in c]),
+            "mean_confidence": _mean(q),
+            "ece": ece(q, c, n_bins),
+            "mean_token_prob": _mean(qt) if has_tok else None,
+            "ece_token": ece(qt, c, n_bins) if has_tok else None,
+            "reliability": reliability_bins(q, c, n_bins),
+        }
+    return out
+
+
 def _breakdown_row(m: dict) -> dict:
-    keep = ("n", "accuracy", "parse_failure_rate", "macro_f1", "ece", "brier",
+    keep = ("n", "accuracy", "parse_failure_rate", "macro_f1", "ece", "brier", "auroc", "ece_token",
             "mean_confidence_right", "mean_confidence_wrong")
     return {k: m[k] for k in keep}
 
@@ -203,7 +297,9 @@ def cost_metrics(predictions: Sequence, sessions: Iterable[dict] = ()) -> dict:
 
 def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterable[dict] = (),
                     n_bins: int = N_BINS) -> dict:
-    """All metrics of a run: overall, `by_domain`, `by_level`, and cost/throughput (see `cost_metrics`).
+    """All metrics of a run: overall (stated and decision-token confidence), `by_domain`, `by_level`,
+    `by_predicted_class`, the reliability bins of both confidences (`reliability`, `reliability_token`, the latter
+    None without decision probabilities), and cost/throughput (see `cost_metrics`).
 
     Predictions are matched to examples by id; examples without a prediction are counted in `n_missing` and
     left out of every metric; a prediction whose id is not among the examples is an error.
@@ -221,8 +317,9 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
     gold = [ex.expected_decision.value for ex in exs]
     pred = [p.decision.value if hasattr(p.decision, "value") else str(p.decision) for p in preds]
     conf = [p.confidence for p in preds]
+    tok = [getattr(p, "decision_prob", None) for p in preds]
 
-    out = quality_metrics(gold, pred, conf, n_bins)
+    out = quality_metrics(gold, pred, conf, n_bins, decision_prob=tok)
     out["n_examples"] = len(by_id)
     out["n_missing"] = len(by_id) - len(preds)
     for key, attr in (("by_domain", lambda e: e.metadata.domain), ("by_level", lambda e: e.metadata.difficulty_level)):
@@ -231,10 +328,14 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
             groups.setdefault(attr(ex), []).append(i)
         out[key] = {
             str(g): _breakdown_row(quality_metrics([gold[i] for i in idx], [pred[i] for i in idx],
-                                                   [conf[i] for i in idx], n_bins))
+                                                   [conf[i] for i in idx], n_bins, [tok[i] for i in idx]))
             for g, idx in sorted(groups.items())
         }
-    out["reliability"] = reliability_bins(scored_confidences(pred, conf), correctness(gold, pred), n_bins)
+    ok = correctness(gold, pred)
+    out["reliability"] = reliability_bins(scored_confidences(pred, conf), ok, n_bins)
+    out["reliability_token"] = (reliability_bins(scored_confidences(pred, tok), ok, n_bins)
+                                if out["n_token"] else None)
+    out["by_predicted_class"] = by_predicted_class(pred, ok, conf, tok, n_bins=n_bins)
     out.update(cost_metrics(preds, sessions))
     return out
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, TypeVar
 import openai
 from pydantic import BaseModel, ValidationError
 
+from mlxhv.errors import SettingsError
 from mlxhv.errors import GenerateError
 from mlxhv.data.io import pydantic_errors
 from mlxhv.generate.drafts import SAMPLES
@@ -299,7 +300,7 @@ def call_json(client: openai.OpenAI, settings: ClientSettings, *, model: str, me
     `check` may raise ValueError / pydantic.ValidationError: its message is sent back like a schema error.
     """
     if settings.mode not in MODES:
-        raise ValueError(f"mode {settings.mode!r}: expected one of {', '.join(MODES)}")
+        raise SettingsError(f"mode {settings.mode!r}: expected one of {', '.join(MODES)}")
     secret = client.api_key if isinstance(client.api_key, str) else None
     convo = _with_schema(messages, schema) if settings.mode == "prompt" else [dict(m) for m in messages]
     problem = ""

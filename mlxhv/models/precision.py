@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 PRECISIONS = ("auto", "quantized", "float32", "bfloat16")
 AUTO_FLOAT32_MAX_BYTES = 4e9  # `auto` dequantises on CPU only while float32 weights stay under this
+from mlxhv.errors import SettingsError
 
 
 def has_gpu() -> bool:
@@ -24,7 +25,7 @@ def resolve_precision(precision: str, float32_bytes: float, available_bytes: flo
     """`auto` → "float32" on a CPU-only machine for a model whose float32 weights are small (under
     AUTO_FLOAT32_MAX_BYTES and half the free memory), else "quantized" (= as stored)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        raise SettingsError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision != "auto":
         return precision
     if not has_gpu() and float32_bytes <= min(AUTO_FLOAT32_MAX_BYTES, 0.5 * available_bytes):

@@ -1,0 +1,67 @@
+"""`mlxhv judge`: judge JSONL records (hypothesis + evidence, no gold label needed) into Prediction JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+
+def judge_options(f):
+    """The options `mlxhv judge` and `mlxhv serve` share: which judge, and how it generates."""
+    opts = [
+        click.option("-m", "--model", default="smollm2-135m", show_default=True,
+                     help="Model preset, hub id, local mlx-lm directory or GGUF file."),
+        click.option("--adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="LoRA adapter directory; its judge_prompt.json sets the prompt and answer prefix."),
+        click.option("--precision", default="auto", show_default=True,
+                     help="auto = the float32 CPU fast path where it fits; quantized | float32 | bfloat16."),
+        click.option("--max-tokens", type=int, default=None,
+                     help="Token budget per answer (default: the adapter's, else the model preset's)."),
+        click.option("--temperature", type=float, default=None, help="Default: the model preset's (0 = greedy)."),
+        click.option("--top-p", type=float, default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--answer-prefix", default=None, metavar="TEXT",
+                     help='Opens every answer ("json" = {"decision": "); must match the adapter\'s if it has one.'),
+        click.option("--system-prompt", "system_prompt_file", type=click.Path(exists=True, dir_okay=False),
+                     default=None, help="System prompt file; must match the adapter's if it has one."),
+        click.option("--max-prompt-tokens", type=int, default=None,
+                     help="Refuse longer prompts (default: only the model's context bounds them)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def load_judge(model, adapter, **settings):
+    from mlxhv.judge import Judge
+
+    return Judge.load(model, adapter=str(adapter) if adapter else None, **settings)
+
+
+@click.command("judge")
+@click.argument("file", type=click.Path(exists=True, allow_dash=True, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prediction JSONL to write (standard output without it). Rerunning resumes it.")
+@judge_options
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Records per engine batch.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on standard error.")
+def judge(file, out, model, adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
+          system_prompt_file, max_prompt_tokens, batch_size, quiet):
+    """Judge the JSONL records of FILE ("-": standard input), each {"hypothesis", "evidence", "id"?}, and write
+    one Prediction per record. Bad lines are skipped, then all reported as file:line: field: message (exit
+    status 2)."""
+    from mlxhv.errors import DataError
+    from mlxhv.judge import judge_file
+
+    j = load_judge(model, adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
+                   top_p=top_p, seed=seed, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file,
+                   max_prompt_tokens=max_prompt_tokens, batch_size=batch_size)
+    result = judge_file(j, file, out)
+    if not quiet:
+        where = f" into {out}" if out else ""
+        resumed = f", {result.skipped} already there" if result.skipped else ""
+        click.echo(f"judged {result.judged} record(s){where}{resumed}; {len(result.errors)} bad line(s)", err=True)
+    if result.errors:
+        raise DataError(result.errors)
