@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mlxhv import distributed
 from mlxhv.data import load_examples
 from mlxhv.eval.evaluator import GENERATION_PRESETS, EvalSettings, load_run, paired_with_first, run_eval
 from mlxhv.eval.report import format_compare, verdict
@@ -52,13 +53,15 @@ def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, s
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, threshold=threshold,
         restart=restart, progress=not quiet, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file)
     s = settings.resolved()
-    if s.from_adapter:
+    if s.from_adapter and distributed.is_main():
         shown = {"answer_prefix": f"answer prefix {s.answer_prefix!r}",
                  "max_tokens": f"max_tokens {s.max_tokens}",
                  "system_prompt": f"system prompt ({len(s.system_prompt or '')} characters)"}
         click.echo(f"prompt settings from {Path(s.adapter_path) / 'judge_prompt.json'}: "
                    + ", ".join(shown[k] for k in s.from_adapter))
     run = run_eval(settings)
+    if not distributed.is_main():  # under mlx.launch rank 0 reports
+        return
     m = run.metrics
     click.echo(f"{m['n']} examples: accuracy {_pct(m['accuracy'])}, parse failures {_pct(m['parse_failure_rate'])}, "
                f"macro-F1 {_num(m['macro_f1'])}, ECE {_num(m['ece'])}, Brier {_num(m['brier'])}, "

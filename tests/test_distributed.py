@@ -68,3 +68,29 @@ def test_a_rank_that_hangs_times_out(tmp_path):
     out = r.stdout + r.stderr
     assert "error: rank 0: no answer from the other ranks within 5 s" in out, out
     assert time.monotonic() - t < 200
+
+
+EVAL = ROOT / "tests" / "dist" / "eval_tiny.py"
+KEYS = ("decision", "confidence", "raw", "completion_tokens", "prompt_tokens", "decision_prob")
+
+
+def _predictions(run_dir):
+    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
+    return len(lines), {d["id"]: {k: d[k] for k in KEYS} for d in map(json.loads, lines)}
+
+
+def test_eval_on_two_ranks_equals_one_process_and_resumes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = one_process([EVAL, one])
+    assert r1.returncode == 0, r1.stderr
+    r2 = launch([EVAL, two])
+    n1, p1 = _predictions(one)
+    n2, p2 = _predictions(two)
+    assert n1 == n2 == 10 and p2 == p1, r2.stdout + r2.stderr
+    assert json.loads((two / "metrics.json").read_text())["n"] == 10
+    # a killed run: 4 whole lines and half of the 5th are on disk; the rerun on 2 ranks completes it
+    lines = (two / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (two / "predictions.jsonl").write_text("".join(lines[:4]) + lines[4][:20])
+    launch([EVAL, two])
+    n3, p3 = _predictions(two)
+    assert n3 == 10 and p3 == p1

@@ -11,6 +11,10 @@ Files in the run directory:
   in metrics.json aggregates these (a killed invocation's examples are counted in quality metrics, not timing).
 - `metrics.json`, `report.md`, `reliability.png` (when matplotlib is installed) — rewritten at the end of each run.
 
+Under `mlx.launch -n N` (mx.distributed) the examples left to do are sorted by prompt length and dealt to the
+ranks round-robin; rank 0 alone reads and writes the run directory (its own answers as they come, the other
+ranks' when they are gathered at the end), so a resumed run still ends with one line per example.
+
 `latency_s` of a prediction is the wall time of the engine batch that produced it (batches run concurrently
 inside, so every example of a batch waits that long).
 """
@@ -27,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
+from mlxhv import distributed
 from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail, write_json_atomic
+from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
 from mlxhv.eval.metrics import compute_metrics, correctness, paired_outcomes
 from mlxhv.eval.tokenprob import decision_prob
 from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, parse_answer, prompt_opens_think,
@@ -257,37 +262,62 @@ def evaluate(model, tokenizer, examples: Sequence[Example], settings: EvalSettin
     if generate_fn is None:
         from mlxhv.engine import generate as generate_fn
 
+    world, main = distributed.size(), distributed.is_main()
+    writes = out_dir is not None and main  # under mlx.launch rank 0 alone reads and writes the run directory
     lock = contextlib.nullcontext()
     done: dict[str, Prediction] = {}
-    if out_dir is not None:
+    if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = _dir_lock(out_dir)
     with lock:
-        if out_dir is not None:
+        if writes:
             _prepare_dir(out_dir, settings)
             pred_path = out_dir / PREDICTIONS
             if pred_path.exists():
                 repair_tail(pred_path)
                 wanted = {ex.id for ex in examples}
                 done = {p.id: p for p in read_predictions(pred_path) if p.id in wanted}
+        if world > 1:  # every rank learns what rank 0 found on disk
+            done = {p.id: p for p in _gather_predictions(list(done.values()) if main else [])}
         todo = [ex for ex in examples if ex.id not in done]
+        mine = _shard(todo, tokenizer, settings) if world > 1 else todo
         new_preds: dict[str, Prediction] = {}
         session = None
-        if todo:
-            session = _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, len(done),
-                                len(examples))
-            if out_dir is not None:
-                append_jsonl(out_dir / SESSIONS, [session])
+        if mine:
+            session = _generate(model, tokenizer, mine, settings, out_dir if writes else None, generate_fn,
+                                new_preds, len(done), len(examples))
+        new_sessions = [session] if session else []
+        if world > 1:  # rank 0 gathers the other ranks' answers and writes them
+            theirs = [p for p in _gather_predictions(list(new_preds.values())) if p.id not in new_preds]
+            if writes and theirs:
+                append_jsonl(out_dir / PREDICTIONS, theirs)
+            new_preds.update({p.id: p for p in theirs})
+            new_sessions = distributed.gather_objects(new_sessions)
+        if writes and new_sessions:
+            append_jsonl(out_dir / SESSIONS, new_sessions)
 
         by_id = {**done, **new_preds}
         predictions = [by_id[ex.id] for ex in examples if ex.id in by_id]
-        sessions = read_sessions(out_dir / SESSIONS) if out_dir is not None else ([session] if session else [])
+        sessions = read_sessions(out_dir / SESSIONS) if writes else new_sessions
         metrics = compute_metrics(examples, predictions, sessions)
         metrics["threshold"] = settings.threshold
         run = Run(settings, examples, predictions, metrics, sessions, out_dir)
-        if out_dir is not None:
+        if writes:
             write_outputs(run)
     return run
+
+
+def _gather_predictions(preds: list[Prediction]) -> list[Prediction]:
+    """Every rank's predictions, in rank order."""
+    return [Prediction.model_validate(d) for d in distributed.gather_objects([p.model_dump(mode="json")
+                                                                               for p in preds])]
+
+
+def _shard(todo: list, tokenizer, settings: EvalSettings) -> list:
+    """This rank's examples: sorted by prompt length and dealt round-robin, so ranks get balanced work."""
+    system_prompt = settings.system_prompt_text()
+    lengths = [len(render_prompt(tokenizer, ex, system_prompt, answer_prefix=settings.answer_prefix)) for ex in todo]
+    return [todo[i] for i in distributed.shard(len(todo), key=lambda i: (-lengths[i], todo[i].id))]
 
 
 def completion_prediction(id: str, completion, answer_prefix: str = "", in_think: bool = False,
@@ -314,7 +344,7 @@ def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds,
         raise EvalError(str(e)) from None
     in_think = prompt_opens_think(tokenizer, prompts[0])
     bar = None
-    if settings.progress:
+    if settings.progress and distributed.is_main():
         from tqdm.auto import tqdm
 
         # examples/s even below 1/s (tqdm would flip to s/ex), then generated tok/s as the postfix
