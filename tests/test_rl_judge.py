@@ -41,3 +41,28 @@ def test_decisions_cli(tmp_path):
     assert "| 1-3 |" in r.output
     r = CliRunner().invoke(main, ["train", "decisions", str(tmp_path / "none")])
     assert r.exit_code != 0
+
+
+def test_curriculum_steps_follow_the_level_schedule():
+    """With curriculum "levels" the judge task draws through curriculum.Sampler: step 1 holds level-1 prompts only,
+    the last step every level, the draws replay for a resumed run, and the level mix is logged."""
+    from mlxhv.data import synth_examples
+    from mlxhv.rl.judge import JudgeTask
+    from mlxhv.rl.reward import RewardSettings
+
+    exs = synth_examples(40, seed=1)
+    task = JudgeTask(exs, [[1]] * len(exs), RewardSettings(), "", curriculum="levels", total_steps=10)
+    first, last = task.select(1, 8, seed=0), task.select(10, 8, seed=0)
+    assert {exs[i].metadata.difficulty_level for i in first} == {1}
+    assert task.select(1, 8, seed=0) == first  # deterministic in (seed, step)
+    assert task.level_mix(first) == {"1": 8}
+    steps = [task.select(t, 8, seed=0) for t in range(6, 11)]  # ramp 0.5: from step ~6 all levels equally
+    seen = {exs[i].metadata.difficulty_level for idx in steps for i in idx}
+    assert seen == {1, 2, 3, 4} and len(last) == 8
+    from types import SimpleNamespace
+
+    scored = [task.score(i, SimpleNamespace(text='{"decision": "VALIDATED", "confidence": 0.9}', finish_reason="stop"))
+              for i in first]
+    assert task.step_metrics(scored, first)["level_mix"] == {"1": 8}
+    plain = JudgeTask(exs, [[1]] * len(exs), RewardSettings(), "")
+    assert "level_mix" not in plain.step_metrics(scored, first)  # no curriculum: the metrics of before

@@ -61,23 +61,44 @@ class JudgeTask:
     """Examples rendered as judge prompts, scored by `reward.reward` on the parsed answer (prefix + completion)."""
 
     def __init__(self, examples, prompts: list[list[int]], reward_settings: RewardSettings = RewardSettings(),
-                 answer_prefix: str = "", balance_classes: bool = False):
+                 answer_prefix: str = "", balance_classes: bool = False, curriculum: str = "none",
+                 curriculum_ramp: float = 0.5, total_steps: int = 1):
         self.examples, self.prompts = list(examples), prompts
         self.reward_settings, self.answer_prefix, self.balance_classes = reward_settings, answer_prefix, balance_classes
         self.labels = [e.expected_decision.value for e in self.examples]
+        self.levels = [e.metadata.difficulty_level for e in self.examples]
+        self.curriculum, self.curriculum_ramp, self.total_steps = curriculum, curriculum_ramp, total_steps
+        self._sampler = None
 
     @classmethod
     def build(cls, examples, tokenizer, system_prompt: str, answer_prefix: str = "",
-              reward_settings: RewardSettings = RewardSettings(), balance_classes: bool = False) -> "JudgeTask":
+              reward_settings: RewardSettings = RewardSettings(), balance_classes: bool = False,
+              curriculum: str = "none", curriculum_ramp: float = 0.5, total_steps: int = 1) -> "JudgeTask":
         from mlxhv.prompts import render_prompt
 
         prompts = [render_prompt(tokenizer, e, system_prompt, answer_prefix=answer_prefix) for e in examples]
-        return cls(examples, prompts, reward_settings, answer_prefix, balance_classes)
+        return cls(examples, prompts, reward_settings, answer_prefix, balance_classes, curriculum, curriculum_ramp,
+                   total_steps)
 
     def select(self, step: int, per_step: int, seed: int) -> list[int]:
+        """The example indices step `step` trains on; deterministic in (seed, step), so a resumed run replays them.
+        With curriculum "levels": `curriculum.Sampler` (level 1 first, class balance within a level)."""
+        if self.curriculum != "none":
+            from mlxhv.rl.curriculum import Sampler
+
+            if self._sampler is None or self._sampler.batch_size != per_step or self._sampler.seed != seed:
+                self._sampler = Sampler(self.levels, self.labels, per_step, self.total_steps, seed, self.curriculum,
+                                        self.curriculum_ramp, self.balance_classes)
+            return self._sampler.draw(step)
         if self.balance_classes:
             return select_prompts_by_class(self.labels, per_step, seed, step)
         return select_prompts(len(self.examples), per_step, seed, step)
+
+    def level_mix(self, idx: list[int]) -> dict[str, int]:
+        """{"1": n, …}: the difficulty levels of a step's prompts."""
+        from mlxhv.rl.curriculum import level_mix
+
+        return level_mix([self.levels[i] for i in idx])
 
     def score(self, i: int, completion) -> Scored:
         """Parse prefix + answer to example i's prompt, then `reward.reward` (formula in reward.py)."""
@@ -89,11 +110,11 @@ class JudgeTask:
                    json_format=p.method == "json")
         return Scored(r, p.decision, p.confidence, p.is_valid, gold, p.decision == gold, completion.text)
 
-    @staticmethod
-    def step_metrics(scored: list[Scored]) -> dict[str, float]:
+    def step_metrics(self, scored: list[Scored], idx: list[int] | None = None) -> dict:
         """Means over a step's answers: accuracy, unparseable share, sampled share of each decision (frac_<D>),
         accuracy per gold class (acc_<gold>: does the answer follow the evidence?) and the ECE of the stated
-        confidence (`eval.metrics.scored_confidences`: 0 for unstated)."""
+        confidence (`eval.metrics.scored_confidences`: 0 for unstated); with a curriculum, the level mix of the
+        step's prompts `idx` (level_mix)."""
         from mlxhv.eval.metrics import ece, scored_confidences
 
         out = {"accuracy": float(np.mean([s.correct for s in scored])),
@@ -103,6 +124,8 @@ class JudgeTask:
             out[f"acc_{gold}"] = float(np.mean([s.correct for s in scored if s.gold == gold]))
         conf = scored_confidences([s.decision for s in scored], [s.confidence for s in scored])
         out["ece"] = ece(conf, [s.correct for s in scored])
+        if self.curriculum != "none" and idx is not None:
+            out["level_mix"] = self.level_mix(idx)
         return out
 
     @staticmethod

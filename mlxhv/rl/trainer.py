@@ -26,6 +26,7 @@ from mlxhv import _blas, distributed
 from mlxhv.errors import OutputExists, SettingsError
 from mlxhv.prompts import PROMPT_CONFIG_FILE, write_prompt_config
 from mlxhv.rl.algorithms import ALGORITHMS, make_algorithm
+from mlxhv.rl.curriculum import CURRICULA
 from mlxhv.rl.grpo import GRPOSettings
 from mlxhv.rl.lora import LoRASettings, apply_lora, load_adapters, lora_disabled, save_adapters
 from mlxhv.rl.passes import Minibatch, Passes, describe_passes, make_passes
@@ -41,7 +42,9 @@ class PPOSettings:
     algo: str = "ppo"  # ppo (critic, GAE) | grpo (group-normalised advantages, no critic): rl/algorithms.py
     model: str = "smollm2-135m"
     precision: str = "auto"
-    train: str = "data/train.jsonl"
+    train: str | list[str] = "data/train.jsonl"  # one file or several (rl/curriculum.load_training_sets)
+    synth: int = 0  # add this many `data synth` examples (every level) to the training prompts
+    synth_seed: int = 0
     holdout: str | None = "data/holdout.jsonl"
     out: str = "runs/ppo"
     # schedule
@@ -50,6 +53,8 @@ class PPOSettings:
     prompts_per_step: int = 8
     samples_per_prompt: int = 2  # k answers per prompt
     balance_classes: bool = False  # each step draws its prompts evenly from every gold decision
+    curriculum: str = "none"  # "levels": difficulty level 1 first, towards level 4 (rl/curriculum.py)
+    curriculum_ramp: float = 0.5  # share of the steps after which every level is drawn equally
     ppo_epochs: int = 2
     minibatch_size: int = 4
     # sampling (logits are divided by this temperature when computing log-probs too)
@@ -100,6 +105,10 @@ class PPOSettings:
         if self.score_baseline == "loo" and self.samples_per_prompt < 2:
             raise SettingsError("score_baseline 'loo' needs samples_per_prompt >= 2: with one answer per prompt "
                                 "there are no other answers to take the mean of")
+        if self.curriculum not in CURRICULA:
+            raise SettingsError(f"curriculum must be one of {', '.join(CURRICULA)}, not {self.curriculum!r}")
+        if self.curriculum == "none" and self.curriculum_ramp != 0.5:
+            raise SettingsError("curriculum_ramp needs curriculum: levels")
         if self.algo not in ALGORITHMS:
             raise SettingsError(f"algo must be one of {', '.join(ALGORITHMS)}, not {self.algo!r}")
         foreign = self._foreign_settings()
@@ -420,6 +429,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
     from mlxhv.data.io import load_examples
     from mlxhv.models import load
     from mlxhv.prompts import load_system_prompt
+    from mlxhv.rl.curriculum import load_training_sets
     from mlxhv.rl.judge import JudgeTask, evaluate_holdout
 
     s = settings
@@ -438,10 +448,11 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
 
     system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
-    if task is None:
-        task = JudgeTask.build(load_examples(s.train), tokenizer, system_prompt, s.answer_prefix, s.reward,
-                               s.balance_classes)
     holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []
+    if task is None:
+        examples = load_training_sets(s.train, s.synth, s.synth_seed, exclude=holdout)
+        task = JudgeTask.build(examples, tokenizer, system_prompt, s.answer_prefix, s.reward, s.balance_classes,
+                               s.curriculum, s.curriculum_ramp, s.steps)
     state = init_state(model, tokenizer, s)
     if main:
         print(describe_passes(model, s.share_prompts, s.cache_trunk) + (f", {world} ranks" if world > 1 else ""),
@@ -476,7 +487,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
         metrics, scored = rl_iteration(state, [task.prompts[i] for i in idx],
                                        lambda j, completion: task.score(idx[j], completion), step,
                                        prompt_ids=list(range(rank, len(step_idx), world)))
-        metrics.update(task.step_metrics(scored))
+        metrics.update(task.step_metrics(scored, step_idx))
         if world > 1 and s.check_every and step % s.check_every == 0:
             distributed.check_same(state.policy.trainable_parameters(), f"weights after step {step}")
         if holdout and ((s.eval_every and step % s.eval_every == 0) or last):
