@@ -7,6 +7,9 @@ Parameter names (`lora_a`, `lora_b`) and the files written (`adapters.safetensor
 `mlx_lm.load(model, adapter_path=DIR)`, `mlx_lm.fuse` and `mlx_lm.generate --adapter-path` work on our output.
 The base may be float32/bfloat16 `nn.Linear` or 4-bit `nn.QuantizedLinear` (QLoRA); it stays frozen.
 `lora_disabled(model)` switches every adapter off, which gives the reference policy from the same weights.
+`load_adapters(model, dir)` wraps a model as an adapter directory says and loads its weights: ours, or one written
+by `mlx_lm.lora` (same leaf names and scale; its `keys: null` means every linear layer of a block), so training
+can continue from an SFT or mlx-lm adapter.
 """
 
 from __future__ import annotations
@@ -134,14 +137,63 @@ def save_adapters(model: nn.Module, settings: LoRASettings, out_dir: str | Path,
     (out_dir / "adapter_config.json").write_text(json.dumps(adapter_config(settings, model, extra), indent=2))
 
 
+def adapter_settings(cfg: dict, model: nn.Module, where: str = "adapter_config.json") -> LoRASettings:
+    """The LoRASettings an adapter config describes: ours (`mlxhv_lora`) or one written by `mlx_lm.lora`.
+
+    mlx-lm's meaning of its fields: `num_layers` N adapts `layers[-max(N, 0):]` (so N <= 0 is every block);
+    `lora_parameters.scale` multiplies (x A) B exactly as ours (alpha = scale * rank); `keys` absent or null
+    adapts every Linear / QuantizedLinear inside each adapted block."""
+    from mlxhv.errors import ModelLoadError
+
+    kind = cfg.get("fine_tune_type", "lora")
+    if kind != "lora":
+        raise ModelLoadError(f"{where}: fine_tune_type {kind!r} is not supported (LoRA adapters only)")
+    if "mlxhv_lora" in cfg:
+        return LoRASettings(**cfg["mlxhv_lora"])
+    try:
+        lp = cfg["lora_parameters"]
+        rank, scale, n = int(lp["rank"]), float(lp["scale"]), int(cfg["num_layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{where}: not a LoRA adapter config (missing or bad {e})") from None
+    blocks = _blocks(model)
+    num_layers = -1 if n <= 0 or n >= len(blocks) else n
+    keys = lp.get("keys")
+    if not keys:  # mlx-lm: every linear layer of the adapted blocks
+        first = blocks[len(blocks) - (len(blocks) if num_layers < 0 else num_layers)]
+        keys = [k for k, m in first.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+    return LoRASettings(rank=rank, alpha=scale * rank, dropout=float(lp.get("dropout", 0.0)), keys=sorted(keys),
+                        num_layers=num_layers)
+
+
 def load_adapters(model: nn.Module, adapter_dir: str | Path) -> LoRASettings:
-    """Wrap `model` as the saved config says and load the saved A, B."""
+    """Wrap `model` with our LoRALinear as `adapter_dir/adapter_config.json` says (ours or `mlx_lm.lora`'s)
+    and load `adapters.safetensors` into it. Every saved tensor must be an adapter leaf of the wrapped model with
+    its shape, and every adapter leaf must be saved. Returns the settings, so training can go on from them."""
+    from mlxhv.errors import ModelLoadError
+
     adapter_dir = Path(adapter_dir)
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    lp = cfg["lora_parameters"]
-    s = LoRASettings(**cfg["mlxhv_lora"]) if "mlxhv_lora" in cfg else LoRASettings(
-        rank=lp["rank"], alpha=lp["scale"] * lp["rank"], dropout=lp.get("dropout", 0.0),
-        keys=lp.get("keys") or ["self_attn.q_proj", "self_attn.v_proj"], num_layers=cfg["num_layers"])
-    apply_lora(model, s)
-    model.load_weights(str(adapter_dir / "adapters.safetensors"), strict=False)
+    cfg_path, w_path = adapter_dir / "adapter_config.json", adapter_dir / "adapters.safetensors"
+    for path in (cfg_path, w_path):
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: not found (an adapter directory holds adapter_config.json and "
+                                 "adapters.safetensors)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg_path}: not JSON ({e})") from None
+    s = adapter_settings(cfg, model, str(cfg_path))
+    try:
+        apply_lora(model, s)
+    except (AttributeError, ValueError) as e:
+        raise ModelLoadError(f"{cfg_path}: keys {s.keys} do not fit this model ({e})") from None
+    weights = mx.load(str(w_path))
+    wanted = {k: v.shape for k, v in adapter_weights(model).items()}
+    errors = [f"{k}: not an adapter parameter of the model" for k in weights if k not in wanted]
+    errors += [f"{k}: shape {tuple(w.shape)}, the model's is {tuple(wanted[k])}"
+               for k, w in weights.items() if k in wanted and tuple(w.shape) != tuple(wanted[k])]
+    errors += [f"{k}: missing from the file" for k in wanted if k not in weights]
+    if errors:
+        raise ModelLoadError(f"{w_path}: does not match {cfg_path.name}:\n  " + "\n  ".join(errors[:10]))
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
     return s
