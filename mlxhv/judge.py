@@ -175,6 +175,16 @@ class Judge:
         judge.check_template()
         return judge
 
+    def run_info(self) -> dict:
+        """What a judgements file depends on; `judge_file` stores it beside OUT and refuses to resume OUT with a
+        judge that differs (as eval's run.json)."""
+        from mlxhv.eval.evaluator import prompt_sha
+
+        g = self.settings
+        return {"model": self.name, "adapter": self.adapter, "answer_prefix": self.prompt.answer_prefix,
+                "prompt_sha": prompt_sha(self.prompt.system_prompt_text), "max_tokens": g.max_tokens,
+                "temperature": g.temperature, "top_p": g.top_p, "seed": g.seed}
+
     def check_template(self) -> None:
         """Refuse, at start, an answer prefix this model's chat template cannot take (one that opens <think>)."""
         probe = JudgeInput(hypothesis="h", evidence=[Evidence(source="s", content="c", relevance=1.0)])
@@ -353,13 +363,36 @@ def judge_stream(judge: Judge, lines: Iterable[bytes], name: str, write: Callabl
     return result
 
 
+def run_info_path(out: Path) -> Path:
+    return out.with_name(out.name + ".run.json")
+
+
+def _check_run_info(out: Path, info: dict) -> None:
+    """Write OUT's run info, or refuse to resume OUT written by another judge (model, adapter, prompt, decoding)."""
+    import json
+
+    from mlxhv.data.io import write_json_atomic
+
+    path = run_info_path(out)
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in info.items() if old.get(k) != v]
+        if diff:
+            raise SettingsError(f"{out}: was written by another judge ({'; '.join(diff)}); use another -o")
+    elif out.exists() and out.stat().st_size > 0:
+        raise SettingsError(f"{out}: exists without {path.name}, so it is not known which judge wrote it; "
+                            "use another -o")
+    write_json_atomic(path, info)
+
+
 def judge_file(judge: Judge, source, out=None, on_error: Optional[Callable[[LineError], None]] = None,
                stdout=None) -> StreamResult:
     """Judge the JSONL file `source` ("-" or a binary stream: read as it comes) into `out`, or write Prediction
     lines to `stdout` (a text stream) when `out` is None.
 
-    `out` resumes like eval's predictions.jsonl: a partial last line left by a killed run is cut (`repair_tail`),
-    ids already there are skipped, and each engine batch is appended with one write(2) per line (`append_jsonl`),
+    `out` resumes like eval's predictions.jsonl: OUT.run.json records the judge (`Judge.run_info`) and a
+    different one is refused; a partial last line left by a killed run is cut (`repair_tail`), ids already there
+    are skipped, and each engine batch is appended with one write(2) per line (`append_jsonl`),
     so a rerun after a kill leaves exactly one line per record."""
     import sys
 
@@ -369,6 +402,7 @@ def judge_file(judge: Judge, source, out=None, on_error: Optional[Callable[[Line
     done: frozenset = frozenset()
     if out is not None:
         out = Path(out)
+        _check_run_info(out, judge.run_info())
         if out.exists():
             repair_tail(out)
             done = frozenset(p.id for p in read_predictions(out))

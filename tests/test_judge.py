@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from mlxhv.data import synth_examples, write_jsonl
 from mlxhv.errors import DataError, SettingsError
 from mlxhv.eval import EvalSettings, evaluate
-from mlxhv.judge import Judge, JudgeInput, JudgeSettings, PromptTooLong, as_input, judge_file, resolve_prompt_config
+from mlxhv.judge import (Judge, JudgeInput, JudgeSettings, PromptTooLong, as_input, judge_file, resolve_prompt_config,
+                         run_info_path)
 from mlxhv.prompts import JSON_ANSWER_PREFIX, SYSTEM_PROMPT, PromptConfig, render_prompt, write_prompt_config
 from mlxhv.schema import Prediction
 
@@ -160,6 +161,9 @@ def test_judge_file_resumes_and_reports_bad_lines(base_judge, tmp_path):
     # A killed earlier run: recs[1] done, then half a line.
     earlier = base_judge.judge_many([recs[1]])[0]
     out.write_text(earlier.model_dump_json() + "\n" + '{"id": "syn-')
+    with pytest.raises(SettingsError, match="exists without out.jsonl.run.json"):  # which judge wrote it?
+        judge_file(base_judge, str(src), out)
+    run_info_path(out).write_text(json.dumps(base_judge.run_info()))  # as the killed run left it
 
     result = judge_file(base_judge, str(src), out)
     assert [str(e) for e in result.errors] == [f"{src}:2: evidence: Input should be a valid list",
@@ -172,6 +176,10 @@ def test_judge_file_resumes_and_reports_bad_lines(base_judge, tmp_path):
     assert [(p.id, p.decision, p.raw) for p in got[1:]] == [(p.id, p.decision, p.raw) for p in ref]
     again = judge_file(base_judge, str(src), out)  # nothing left
     assert (again.judged, again.skipped) == (0, 3) and len(out.read_text().splitlines()) == 3
+    other = Judge(base_judge.model, base_judge.tokenizer, base_judge.prompt, JudgeSettings(max_tokens=5, batch_size=2),
+                  name="smollm2-135m")
+    with pytest.raises(SettingsError, match="another judge.*max_tokens: 3 -> 5"):
+        judge_file(other, str(src), out)
 
 
 def test_cli_judge_stdin_to_stdout(base_judge, monkeypatch, tmp_path):
