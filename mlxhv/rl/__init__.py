@@ -1,11 +1,14 @@
-"""LoRA PPO for the judge, written in MLX to be read against the papers.
+"""LoRA RL (PPO, GRPO) and an SFT warm start for the judge, written in MLX to be read against the papers.
 
 Modules: `ppo` (the math: GAE, clipped surrogate, clipped value loss, adaptive KL), `reward` (correctness +
 calibration + format), `lora` (adapters in mlx-lm's format, LoRA off for the reference), `value` (value head),
 `rollout` (engine samples laid out for the update), `prefix` (a prompt group through the blocks once; the frozen
 trunk), `passes` (the seam: whole rows or shared prompts, picked once per rollout), `judge` (the task: prompts,
-prompt selection, the score of an answer as a typed `Scored`, per-step numbers, holdout evaluation), `trainer`
-(the loop, checkpoints, resume; it knows nothing about decisions), `plot` (curves).
+prompt selection, the score of an answer as a typed `Scored`, per-step numbers, holdout evaluation), `grpo`
+(group advantages and the GRPO / DAPO / Dr. GRPO losses), `algorithms` (the PPO | GRPO seam: advantages and
+loss), `curriculum` (the level schedule, the step sampler, several training files), `trainer` (the loop,
+checkpoints, resume, ranks; it knows nothing about decisions), `sft` (the supervised warm start on mlx-lm's
+tuner), `plot` (curves).
 
 What we follow — PPO (Schulman et al. 2017), cleanrl's ppo.py and "The N implementation details of RLHF with
 PPO" (Huang et al.): score added at the final token plus a per-token KL penalty against the reference; adaptive
@@ -48,4 +51,11 @@ Where we depart, and why:
    answer's score minus the mean score of the other answers to its prompt, before the KL penalty, GAE and the
    value head. Off by default. Without it a policy that cannot yet tell the classes apart is pushed towards
    the class it already favours (run 5, README); with it, prompts whose answers all score alike teach nothing.
+11. **GRPO on the same loop** (`algo: grpo`): the group mean is the baseline, there is no critic (the value head
+   is left out of the passes and the loss), and the KL to the LoRA-off reference is a k3 loss term instead of a
+   per-token reward; the rest of the iteration (rollouts, passes, minibatch epochs, clipping) is PPO's.
+12. **Data parallel over `mx.distributed`**: each rank samples its share of a step; whitening, the KL
+   controller and logged means are taken over every rank, and each rank's loss is weighted by its share of the
+   tokens (or rows) the loss averages over before `nn.average_gradients`, so N ranks compute the gradient of the
+   union batch (tested against one process to 1e-5). Minibatch sizes are per rank.
 """
