@@ -3,8 +3,10 @@
     python benchmarks/bench_eval.py [--model smollm2-135m] [--data data/holdout.jsonl] [-n 16] [--batch-size 16]
                                     [--max-tokens 64]
 
-One-at-a-time is the engine with batch size 1 (what a plain `for example: generate(...)` loop does); batched is the
-same engine, same prompts, same greedy settings with `--batch-size`. A warm-up generation runs first so neither
+One-at-a-time is a plain loop, `for prompt in prompts: generate(model, tokenizer, [prompt], ...)`: one engine call per
+example, so nothing is batched or shared between examples. Batched is one engine call over all examples with
+`--batch-size` (continuous batching, the judge prompts' shared prefix prefilled once); same prompts, same greedy
+settings. A warm-up generation runs first so neither
 side pays the first-call cost. Prints a markdown table, then, as the last line, a JSON object with
 `examples_per_s` for each mode and `speedup`.
 """
@@ -20,9 +22,30 @@ from mlxhv.eval import EvalSettings, evaluate
 from mlxhv.eval.evaluator import subset
 
 
-def run_mode(model, tokenizer, examples, settings: EvalSettings) -> dict:
+def one_at_a_time(model, tokenizer, prompts, settings, progress=False, on_batch=None):
+    """`mlxhv.engine.generate`'s signature, run as a plain loop: one call (batch size 1) per prompt."""
+    import dataclasses
+
+    from mlxhv.engine import GenerationStats, generate
+
+    total, comps = GenerationStats(batch_size=1), []
+    for i, prompt in enumerate(prompts):
+        (c,), st = generate(model, tokenizer, [prompt], dataclasses.replace(settings, batch_size=1))
+        comps.append(c)
+        if on_batch is not None:
+            on_batch([i], [c])
+        for k in ("prompt_tokens", "cached_prompt_tokens", "generation_tokens", "prompt_s", "generation_s", "wall_s",
+                  "batches", "steps"):
+            setattr(total, k, getattr(total, k) + getattr(st, k))
+        total.peak_memory_gb = max(total.peak_memory_gb, st.peak_memory_gb)
+    total.prompt_tps = total.prompt_tokens / total.prompt_s if total.prompt_s else 0.0
+    total.generation_tps = total.generation_tokens / total.generation_s if total.generation_s else 0.0
+    return comps, total
+
+
+def run_mode(model, tokenizer, examples, settings: EvalSettings, generate_fn=None) -> dict:
     t0 = time.perf_counter()
-    run = evaluate(model, tokenizer, examples, settings)
+    run = evaluate(model, tokenizer, examples, settings, generate_fn=generate_fn)
     wall = time.perf_counter() - t0
     m = run.metrics
     return {
@@ -57,7 +80,7 @@ def main(argv=None):
 
     common = dict(model=args.model, precision=args.precision, max_tokens=args.max_tokens, temperature=0.0,
                   top_p=1.0, progress=False)
-    one = run_mode(model, tokenizer, examples, EvalSettings(batch_size=1, **common))
+    one = run_mode(model, tokenizer, examples, EvalSettings(batch_size=1, **common), generate_fn=one_at_a_time)
     batched = run_mode(model, tokenizer, examples, EvalSettings(batch_size=args.batch_size, **common))
     agree = sum(a == b for a, b in zip(one["decisions"], batched["decisions"])) / len(examples)
 

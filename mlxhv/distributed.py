@@ -137,13 +137,15 @@ def mean(x: np.ndarray) -> float:
 
 
 def gather_records(records: list) -> list:
-    """Every rank's dataclass records, in rank order, rebuilt as the same class (records as given on one rank)."""
+    """Every rank's records (dataclasses or namespaces of JSON-able fields), in rank order, rebuilt as the same
+    class (records as given on one rank)."""
     if size() == 1 or not records:
         return records
     import dataclasses
 
     cls = type(records[0])
-    return [cls(**d) for d in gather_objects([dataclasses.asdict(r) for r in records])]
+    fields = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(vars(r)) for r in records]
+    return [cls(**d) for d in gather_objects(fields)]
 
 
 def gather_objects(items: Sequence) -> list:

@@ -1,54 +1,73 @@
-"""Batched generation: many prompts at once, with the per-token log-probabilities PPO needs.
+"""Batched generation with a shared-prefix KV cache and continuous batching, and the per-token log-probs PPO needs.
 
-Prompts are sorted by length and cut into batches of `batch_size`. Each batch is left-padded into one
-(B, L) array and run through the model once with a `BatchKVCache` (per-row RoPE offsets and a padding
-mask, so a padded row computes what it would alone), then decoded one token per step for all rows:
+One run of `generate` keeps a single live batch of up to `batch_size` rows, each with its own KV cache row in a
+per-layer `BatchKVCache` (mlx-lm's: per-row RoPE offsets, a left-padding mask, `extend` / `filter`):
 
-    prefill:  tokens (B, L) ──model──► logits of the last position (B, V) ──sample──► y (B,)
-    decode:   y (B, 1) ──model + cache──► logits (B, V) ──sample──► y (B,)   … until EOS or max_tokens
+    shared prefix: the longest common prefix P of all prompts, prefilled once ──► KV (1, P)
+    admit n rows:  per row, KV (1, P) + prompt[P:-1] in one pass (no padding) ──► `BatchKVCache.merge` (left-
+                   padded) ──► `extend` the live batch; the row's last prompt token is its first decode input
+    decode step:   y (B, 1) ──model + cache──► logits (B, V) ──sample──► y (B,), log p(y) (B,)
+    refill:        rows that finish (EOS, stop id, their own max_tokens) leave the batch (`filter`); once a
+                   quarter of the slots are free, waiting prompts are admitted into them
 
-Rows that finish are dropped from the batch (and its cache) as they pile up, so a batch costs what its
-live rows cost. The step after the current one is queued (`mx.async_eval`) before the current tokens are
-read back, as mlx-lm does, so Python bookkeeping overlaps the model.
+The next step is queued (`mx.async_eval`) before the current tokens are read back, as mlx-lm does, so Python
+bookkeeping overlaps the model. Prompts are admitted longest first with identical prompts adjacent; identical
+prompts (k samples per prompt in PPO rollouts) are prefilled once and their cache rows copied, also when the
+copies join the batch at different times (the prompt's KV is kept until its last copy is admitted).
+`continuous=False` admits only into an empty batch (static batching: a batch runs until its longest row).
 
-Sampling: greedy when temperature == 0; otherwise Gumbel-max over softmax(logits / T), restricted to the
-top-p nucleus. Each prompt has its own random stream (from `seed` and the prompt's index), so a sampled
-completion does not depend on which batch the prompt landed in.
+Sampling: greedy when temperature == 0; otherwise Gumbel-max over softmax(logits / T), restricted to the top-p
+nucleus. Each prompt has its own random stream (from `seed` and the prompt's index, one key per step), so a
+sampled completion does not depend on which batch or slot the prompt landed in.
 
 SmolLM2 uses id 2 for both EOS and padding: rows are masked by length, never by token id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from mlxhv import _blas
+from mlxhv.errors import SettingsError
 
 # Model types whose mlx-lm Model is `model.model` (the transformer) + `lm_head` or a tied embedding, with
-# nothing after: for these the prefill computes the vocabulary projection for the last position only.
+# nothing after: for these, prompt passes skip the vocabulary projection and decode steps compute it once.
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "smollm3"}
+_MEMORY_HEADROOM = 0.9  # fraction of available memory the KV cache may take
 
 
 @dataclass
 class GenerationSettings:
-    max_tokens: int = 256
+    max_tokens: int | Sequence[int] = 256  # one budget for all prompts, or one per prompt
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 16
+    streams: Sequence[int] | None = None  # prompt i samples from random stream streams[i] (default: i)
+    batch_size: int = 16                  # live rows at most
     stop_token_ids: tuple[int, ...] = ()  # extra stop tokens besides the tokenizer's EOS ids
     ignore_eos: bool = False              # generate exactly max_tokens (benchmarks)
     # OpenBLAS threads for prompts / decode steps; None leaves the process setting (MLXHV_BLAS_THREADS,
-    # default 1). 2 speeds prompts up ~30 % on an idle 2-core box, but spinning BLAS threads collapse
-    # when other processes compete for the cores (DESIGN.md), so 1 is the safe default.
+    # default 1; a None prefill_threads runs prompts at decode_threads). 2 speeds prompts up ~30 % on an idle
+    # 2-core box, but spinning BLAS threads collapse when other processes compete for the cores (DESIGN.md),
+    # so 1 is the safe default.
     prefill_threads: int | None = None
     decode_threads: int | None = None
     prefill_step: int = 512               # prompt positions per forward pass (bounds activation memory)
+    prefix_cache: bool = True             # prefill the prompts' longest common prefix once
+    continuous: bool = True               # refill finished rows with waiting prompts (False: static batches)
+    memory_check: bool = True             # estimate the KV cache first; lower batch_size or refuse if too big
+
+
+def _stream(settings: GenerationSettings, i: int) -> int:
+    return settings.streams[i] if settings.streams is not None else i
 
 
 @dataclass
@@ -62,7 +81,8 @@ class Completion:
 
 @dataclass
 class GenerationStats:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0         # prompt positions run through the model (shared prefix once, copies once)
+    cached_prompt_tokens: int = 0  # prompt positions served from the shared prefix or a copy's cache
     generation_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
@@ -70,19 +90,29 @@ class GenerationStats:
     peak_memory_gb: float = 0.0
     prompt_s: float = 0.0
     generation_s: float = 0.0
-    batches: int = 0
+    batches: int = 0               # admissions (prefill passes that joined the live batch)
+    prefix_tokens: int = 0         # length of the shared prefix (0: none)
+    batch_size: int = 0            # live rows at most (after the memory check)
+    steps: int = 0                 # decode steps
 
 
 @dataclass
 class _Row:
-    """One live sequence of a batch."""
+    """One prompt: its budget, random stream and output so far."""
 
     index: int                 # position in the caller's prompt list
-    prompt_tokens: int
-    keys: mx.array | None      # (max_tokens, 2) per-step random keys when sampling
+    prompt: list[int]
+    budget: int                # max new tokens for this prompt
+    keys: mx.array | None      # (budget, 2) per-step random keys when sampling
+    steps: int = 0             # decode steps queued for this row
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
+
+    @property
+    def spent(self) -> bool:
+        """No more decode steps needed: finished, or its last token is already queued."""
+        return self.finish_reason is not None or self.steps >= self.budget
 
 
 def _encode(tokenizer, prompt) -> list[int]:
@@ -109,15 +139,89 @@ def forward_last(model: nn.Module, tokens: mx.array, cache) -> mx.array:
     return head(h[:, -1, :])  # (B, V)
 
 
-def make_batch_cache(model: nn.Module, left_padding: list[int]) -> list:
-    """One left-padded BatchKVCache per layer (per-row RoPE offsets + padding mask)."""
-    from mlx_lm.models.cache import BatchKVCache, KVCache
+def _fill(model: nn.Module, tokens: mx.array, cache) -> None:
+    """Run tokens (B, L) through the model to fill `cache`; the vocabulary projection is skipped when it can be."""
+    if _head(model) is None:
+        model(tokens, cache=cache)
+    else:
+        model.model(tokens, cache=cache)
+
+
+def _check_cache_kinds(model: nn.Module) -> None:
+    from mlx_lm.models.cache import KVCache
 
     own = model.make_cache() if hasattr(model, "make_cache") else []
     if any(not isinstance(c, KVCache) for c in own):
         kinds = sorted({type(c).__name__ for c in own})
-        raise ValueError(f"batched generation needs a plain KV cache in every layer; this model uses {kinds}")
-    return [BatchKVCache(left_padding) for _ in model.layers]
+        raise SettingsError(f"batched generation needs a plain KV cache in every layer; this model uses {kinds}")
+
+
+# ------------------------------------------------------------------------------------------ shared prefix
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of `prompts`, at most min(len) - 1 so every prompt keeps its last
+    token (the first decode input)."""
+    if not prompts:
+        return 0
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 512) -> list:
+    """KV cache of one token sequence, computed once: a batch-1 mlx-lm `KVCache` per layer holding keys and
+    values (1, n_kv, P, D) for positions 0..P-1; `prefill_row(model, body, cache)` continues it for one row."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    ids = mx.array(list(tokens))[None]  # (1, P)
+    for start in range(0, ids.shape[1], prefill_step):
+        _fill(model, ids[:, start:start + prefill_step], cache)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def prefill_row(model: nn.Module, body: Sequence[int], prefix: list | None, prefill_step: int = 512) -> list:
+    """The KV cache of prefix + body for one row: batch-1 `KVCache`s that start from `prefix` (from
+    `prefill_prefix`, never modified; None: empty) and hold len(prefix) + len(body) positions. One row at a time
+    means no padding: on a CPU a prompt pass costs the same per token at any batch size."""
+    from mlx_lm.models.cache import KVCache
+
+    cache = []
+    for layer in range(len(model.layers)):
+        c = KVCache()
+        if prefix is not None and prefix[layer].offset > 0:
+            P = prefix[layer].offset
+            c.keys, c.values, c.offset = prefix[layer].keys[..., :P, :], prefix[layer].values[..., :P, :], P
+        cache.append(c)
+    if body:
+        ids = mx.array(list(body))[None]  # (1, L)
+        for start in range(0, ids.shape[1], prefill_step):
+            _fill(model, ids[:, start:start + prefill_step], cache)
+            mx.eval([c.state for c in cache])
+    return cache
+
+
+def merge_rows(rows: list[list]) -> list:
+    """Per-row caches (lists of batch-1 `KVCache`) → one left-padded `BatchKVCache` per layer (a copy; a row may
+    appear several times)."""
+    from mlx_lm.models.cache import BatchKVCache
+
+    return [BatchKVCache.merge([r[layer] for r in rows]) for layer in range(len(rows[0]))]
+
+
+def _extend(cache: list | None, other: list) -> list:
+    if cache is None:
+        return other
+    for c, o in zip(cache, other):
+        c.extend(o)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------- sampling
 
 
 def _top_p_mask(logp: mx.array, top_p: float) -> mx.array:
@@ -144,96 +248,212 @@ def sample(logits: mx.array, settings: GenerationSettings, step_keys: list[mx.ar
     return y, mx.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
 
 
-def _set_threads(n: int | None) -> None:
-    if n is not None:
-        _blas.set_threads(n)
+# ------------------------------------------------------------------------------------------ bad input
 
 
-def _prefill(model, prompts: list[list[int]], settings: GenerationSettings):
-    """Left-pad and run the prompts: returns (cache, last-position logits (B, V)).
-
-    A prompt that appears several times in the batch (k samples per prompt in PPO rollouts) is run once and its
-    cache rows are copied, which divides the prompt cost by k."""
-    unique: dict[tuple, int] = {}
-    rows = [unique.setdefault(tuple(p), len(unique)) for p in prompts]  # batch row -> unique prompt
-    if len(unique) < len(prompts):
-        cache, logits = _prefill_rows(model, [list(p) for p in unique], settings)
-        idx = mx.array(rows)
-        for c in cache:
-            c.filter(idx)  # (U, ...) -> (B, ...): repeated indices copy rows
-        return cache, logits[idx]
-    return _prefill_rows(model, prompts, settings)
+def _budgets(settings: GenerationSettings, n: int) -> list[int]:
+    mt = settings.max_tokens
+    budgets = [int(mt)] * n if isinstance(mt, (int, float)) else [int(m) for m in mt]
+    if len(budgets) != n:
+        raise SettingsError(f"max_tokens: {len(budgets)} budgets for {n} prompts (give one int, or one per prompt)")
+    if settings.streams is not None and len(settings.streams) != n:
+        raise SettingsError(f"streams: {len(settings.streams)} streams for {n} prompts (give one per prompt)")
+    bad = [i for i, m in enumerate(budgets) if m < 0]
+    if bad:
+        raise SettingsError(f"max_tokens[{bad[0]}] = {budgets[bad[0]]}: must be >= 0")
+    return budgets
 
 
-def _prefill_rows(model, prompts: list[list[int]], settings: GenerationSettings):
-    lengths = [len(p) for p in prompts]
-    width = max(lengths)
-    left = [width - n for n in lengths]
-    tokens = mx.array([[0] * pad + p for pad, p in zip(left, prompts)])  # (B, L); pad id is masked
-    cache = make_batch_cache(model, left)
-    starts = list(range(0, width, settings.prefill_step))
-    for start in starts[:-1]:  # long prompts: fill the cache chunk by chunk, logits only at the end
-        forward_last(model, tokens[:, start:start + settings.prefill_step], cache)
-        mx.eval([c.state for c in cache])
-    return cache, forward_last(model, tokens[:, starts[-1]:], cache)
+def _context_length(model) -> int | None:
+    n = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    return int(n) if n else None
 
 
-def _generate_batch(model, tokenizer, prompts: list[list[int]], indices: list[int],
-                    settings: GenerationSettings, stop_ids: set[int], stats: GenerationStats) -> list[Completion]:
-    sampled = settings.temperature > 0
-    rows = []
-    for i, p in zip(indices, prompts):
+def _check_prompts(model, ids: list[list[int]], budgets: list[int]) -> None:
+    """Empty prompts and prompts that, with their budget, do not fit the model's context are refused."""
+    for i, p in enumerate(ids):
+        if not p:
+            raise SettingsError(f"prompt {i} is empty (give at least one token)")
+    ctx = _context_length(model)
+    if ctx is None:
+        return
+    for i, (p, m) in enumerate(zip(ids, budgets)):
+        if len(p) + m > ctx:
+            what = "is longer than" if len(p) > ctx else f"plus max_tokens {m} ({len(p) + m} positions) exceeds"
+            raise SettingsError(f"prompt {i} has {len(p)} tokens, which {what} the model's context of {ctx} "
+                                "tokens; shorten the prompt or lower max_tokens")
+
+
+def kv_bytes_per_token(model: nn.Module) -> int:
+    """KV-cache bytes one position of one row takes, summed over layers (measured on a one-token pass)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    _fill(model, mx.array([[0]]), cache)
+    mx.eval([c.state for c in cache])
+    return sum((c.keys.nbytes + c.values.nbytes) // c.keys.shape[2] for c in cache)
+
+
+def _available_bytes() -> int:
+    from mlxhv.models.memory import available_bytes
+
+    if mx.default_device().type == mx.gpu:
+        info = mx.device_info() if hasattr(mx, "device_info") else {}
+        total = info.get("max_recommended_working_set_size") or info.get("memory_size")
+        if total:
+            return max(0, int(total) - mx.get_active_memory())
+    return available_bytes()
+
+
+def fit_batch_size(model, ids: list[list[int]], budgets: list[int], batch_size: int,
+                   available: int | None = None) -> int:
+    """The largest batch size ≤ `batch_size` whose KV cache fits: a row takes kv_bytes_per_token ×
+    (longest prompt + largest budget, rounded up to the cache's 256-position step), and a refill briefly holds
+    the batch twice (old and extended copy); the total must stay under 90 % of the available memory. Lowers
+    the batch with a warning that gives the numbers, or refuses (SettingsError) when one row does not fit."""
+    per_token = kv_bytes_per_token(model)
+    positions = -(-(max(map(len, ids)) + max(budgets)) // 256) * 256
+    row = per_token * positions
+    available = _available_bytes() if available is None else available
+    limit = _MEMORY_HEADROOM * available
+    fits = int(limit // (2 * row))
+    numbers = (f"{positions} positions × {per_token / 1e3:.1f} kB = {row / 1e6:.1f} MB per row (×2 during a "
+               f"refill); {available / 1e9:.2f} GB available, {_MEMORY_HEADROOM:.0%} of it usable")
+    if fits < 1:
+        raise SettingsError(f"the KV cache does not fit in memory even for one row: {numbers}; shorten the prompts "
+                            "or lower max_tokens (memory_check=False skips this check)")
+    if fits < batch_size:
+        warnings.warn(f"batch_size lowered from {batch_size} to {fits} so the KV cache fits: {numbers}",
+                      stacklevel=3)
+        return fits
+    return batch_size
+
+
+# ------------------------------------------------------------------------------------------ the batch
+
+
+class _Batch:
+    """The live batch: one cache row per entry of `rows`, the next input token of each, and the waiting prompts."""
+
+    def __init__(self, model, settings: GenerationSettings, waiting: list[_Row], prefix_len: int,
+                 stop_ids: set[int], stats: GenerationStats):
+        self.model, self.s, self.stop_ids, self.stats = model, settings, stop_ids, stats
+        self.queue: deque[_Row] = deque(waiting)
+        self.rows: list[_Row] = []
+        self.cache: list | None = None
+        self.inputs: mx.array | None = None  # (B,) next input per row (lazy)
+        self.remaining = Counter(tuple(r.prompt) for r in waiting)  # copies of each prompt still waiting
+        self.kept: dict[tuple, list] = {}  # prompt → its row's KVCaches while copies of it still wait
+        self.prefix = None
+        self.P = prefix_len
+        if prefix_len:
+            self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step)
+            stats.prompt_tokens += prefix_len
+
+    def live(self) -> int:
+        return sum(not r.spent for r in self.rows)
+
+    def refill_due(self) -> bool:
+        """Admit when slots are free: any time the batch is empty; with continuous batching, also once a quarter
+        of `batch_size` (at least one, at most what waits) is free."""
+        if not self.queue:
+            return False
+        free = self.s.batch_size - self.live()
+        wanted = min(max(1, self.s.batch_size // 4), len(self.queue))
+        return self.live() == 0 or (self.s.continuous and free >= wanted)
+
+    def compact(self) -> None:
+        """Drop spent rows from the cache and the inputs (a copy of the cache: done when enough have piled up or
+        when a refill needs the slots)."""
+        dead = len(self.rows) - self.live()
+        if dead == 0 or not (dead >= max(1, len(self.rows) // 4) or self.refill_due()):
+            return
+        keep = [j for j, r in enumerate(self.rows) if not r.spent]
+        if not keep:
+            self.rows, self.cache, self.inputs = [], None, None
+            return
+        idx = mx.array(keep)
+        for c in self.cache:
+            c.filter(idx)
+        self.inputs = self.inputs[idx]
+        self.rows = [self.rows[j] for j in keep]
+
+    def admit(self) -> None:
+        """Prefill waiting prompts into the free slots and extend the batch with them."""
+        n = min(self.s.batch_size - self.live(), len(self.queue))
+        new = [self.queue.popleft() for _ in range(n)]
+        if self.s.prefill_threads is not None:
+            mx.synchronize()  # no BLAS call in flight while the thread count changes
+        tic = time.perf_counter()
+        with _blas.threads(self.s.prefill_threads):
+            piece = self._prefill(new)
+        self.stats.prompt_s += time.perf_counter() - tic
+        self.stats.batches += 1
+        self.cache = _extend(self.cache, piece)
+        last = mx.array([r.prompt[-1] for r in new])  # each row's last prompt token is its first decode input
+        self.inputs = last if self.inputs is None else mx.concatenate([self.inputs, last])
+        self.rows += new
+        self.stats.prompt_tokens += len(new)  # the last prompt tokens, run in the next decode step
+
+    def _prefill(self, new: list[_Row]) -> list:
+        """Cache rows for `new` (prompt[:-1] each): one pass per prompt not seen before, the kept rows of those
+        whose earlier copies joined already; a prompt's rows are kept while more of its copies wait."""
+        rows = {}
+        for u in dict.fromkeys(tuple(r.prompt) for r in new):
+            rows[u] = self.kept.get(u)
+            if rows[u] is None:
+                body = u[self.P:-1]
+                rows[u] = prefill_row(self.model, body, self.prefix, self.s.prefill_step)
+                self.stats.prompt_tokens += len(body)
+        for u, n in Counter(tuple(r.prompt) for r in new).items():
+            self.remaining[u] -= n
+            if self.remaining[u] > 0:
+                self.kept[u] = rows[u]
+            else:
+                self.kept.pop(u, None)
+        merged = merge_rows([rows[tuple(r.prompt)] for r in new])
+        mx.eval([c.state for c in merged])
+        return merged
+
+    def step(self):
+        """Queue one decode step over every cache row: (y (B,), log p (B,)), evaluating in the background."""
+        sampled = self.s.temperature > 0
         keys = None
         if sampled:
-            keys = mx.random.split(mx.random.key(settings.seed * 1_000_003 + i), max(settings.max_tokens, 1))
-        rows.append(_Row(i, len(p), keys))
+            dead = mx.random.key(0)
+            keys = [r.keys[r.steps] if r.steps < r.budget else dead for r in self.rows]
+        for r in self.rows:
+            r.steps += 1
+        logits = forward_last(self.model, self.inputs[:, None], self.cache)
+        y, lp = sample(logits, self.s, keys)
+        mx.async_eval(y, lp)
+        self.stats.steps += 1
+        return y, lp
 
-    tic = time.perf_counter()
-    _set_threads(settings.prefill_threads)
-    cache, logits = _prefill(model, prompts, settings)
-    y, lp = sample(logits, settings, [r.keys[0] for r in rows] if sampled else None)
-    mx.eval(y, lp)
-    stats.prompt_s += time.perf_counter() - tic
-    stats.prompt_tokens += sum(len(p) for p in {tuple(p) for p in prompts})  # tokens actually run
-
-    tic = time.perf_counter()
-    _set_threads(settings.decode_threads)
-    slots: list[int | None] = list(range(len(rows)))  # cache row j → rows[slots[j]]; None once finished
-    for step in range(settings.max_tokens):
-        last = step + 1 == settings.max_tokens
-        if not last:  # queue the next step before reading this one back
-            logits = forward_last(model, y[:, None], cache)
-            next_y, next_lp = sample(logits, settings, _step_keys(rows, slots, step + 1) if sampled else None)
-            mx.async_eval(next_y, next_lp)
-        for j, (tok, logprob) in enumerate(zip(y.tolist(), lp.tolist())):
-            if slots[j] is None:
+    def read(self, y: mx.array, lp: mx.array, rows: list[_Row]) -> list[_Row]:
+        """Record a step's tokens for `rows` (the batch as it was when the step was queued); returns the rows
+        this step finished."""
+        done = []
+        for row, tok, logprob in zip(rows, y.tolist(), lp.tolist()):
+            if row.finish_reason is not None:
                 continue
-            row = rows[slots[j]]
-            if tok in stop_ids:
-                row.finish_reason, slots[j] = "stop", None
-                continue
-            row.tokens.append(tok)
-            row.logprobs.append(logprob)
-        live = [j for j, s in enumerate(slots) if s is not None]
-        if last or not live:
-            break
-        y, lp = next_y, next_lp
-        if len(slots) - len(live) >= max(1, len(slots) // 4):
-            # Enough finished rows: drop them from y, lp and every layer's cache.
-            idx = mx.array(live)
-            y, lp = y[idx], lp[idx]
-            for c in cache:
-                c.filter(idx)
-            slots = [slots[j] for j in live]
-    stats.generation_s += time.perf_counter() - tic
-    stats.generation_tokens += sum(len(r.tokens) for r in rows)
-    return [Completion(tokenizer.decode(r.tokens), r.tokens, r.logprobs, r.finish_reason or "length",
-                       r.prompt_tokens) for r in rows]
+            if tok in self.stop_ids:
+                row.finish_reason = "stop"
+            else:
+                row.tokens.append(tok)
+                row.logprobs.append(logprob)
+                if len(row.tokens) >= row.budget:
+                    row.finish_reason = "length"
+            if row.finish_reason is not None:
+                done.append(row)
+        return done
 
 
-def _step_keys(rows: list[_Row], slots: list[int | None], step: int) -> list[mx.array]:
-    dead = mx.random.key(0)
-    return [dead if s is None else rows[s].keys[step] for s in slots]
+def _stop_ids(tokenizer, settings: GenerationSettings) -> set[int]:
+    if settings.ignore_eos:
+        return set()
+    eos = getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id]
+    return set(eos) | set(settings.stop_token_ids)
 
 
 def generate(model, tokenizer, prompts: list[list[int] | str], settings: GenerationSettings | None = None,
@@ -241,47 +461,82 @@ def generate(model, tokenizer, prompts: list[list[int] | str], settings: Generat
              ) -> tuple[list[Completion], GenerationStats]:
     """Generate a completion for every prompt (token ids, or text encoded as is — apply a chat template
     first for chat models). Results come back in the order of `prompts`; `on_batch(indices, completions)`
-    runs after each batch (indices into `prompts`) so callers can stream results to disk."""
+    runs whenever prompts finish (indices into `prompts`, each exactly once) so callers can stream results to
+    disk. Bad input (an empty prompt, one that does not fit the context, batch_size < 1, a KV cache too big
+    for memory) raises SettingsError before any work."""
     from tqdm import tqdm
 
     settings = settings or GenerationSettings()
     if settings.batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise SettingsError(f"batch_size must be >= 1, got {settings.batch_size}")
+    if settings.prefill_step < 1:
+        raise SettingsError(f"prefill_step must be >= 1, got {settings.prefill_step}")
     ids = [_encode(tokenizer, p) for p in prompts]
-    if any(len(p) == 0 for p in ids):
-        raise ValueError("empty prompt")
-    stop_ids = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id]) | set(settings.stop_token_ids)
-    if settings.ignore_eos:
-        stop_ids = set()
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: peak memory shows early
-    results: list[Completion | None] = [None] * len(ids)
+    budgets = _budgets(settings, len(ids))
+    _check_prompts(model, ids, budgets)
     stats = GenerationStats()
-    threads_before = _blas.get_threads()
+    results: list[Completion | None] = [None] * len(ids)
+    todo = [i for i in range(len(ids)) if budgets[i] > 0]
+    if todo:
+        _check_cache_kinds(model)
+    stop_ids = _stop_ids(tokenizer, settings)
+    sampled = settings.temperature > 0
+    order = sorted(todo, key=lambda i: (-len(ids[i]), ids[i], i))  # longest first (peak memory shows early),
+    rows = []                                                     # identical prompts adjacent
+    for i in order:
+        stream = settings.seed * 1_000_003 + _stream(settings, i)
+        keys = mx.random.split(mx.random.key(stream), budgets[i]) if sampled else None
+        rows.append(_Row(i, ids[i], budgets[i], keys))
+    prefix_len = common_prefix_length([ids[i] for i in todo]) if settings.prefix_cache and todo else 0
+    stats.prefix_tokens = prefix_len
+
+    def finish(done: list[_Row]) -> None:
+        comps = [Completion(tokenizer.decode(r.tokens), r.tokens, r.logprobs, r.finish_reason or "length",
+                            len(r.prompt)) for r in done]
+        for r, c in zip(done, comps):
+            results[r.index] = c
+        if on_batch is not None and done:
+            on_batch([r.index for r in done], comps)
+        bar.update(len(done))
+        if progress:
+            bar.set_postfix(steps=stats.steps, refresh=False)
+
     mx.reset_peak_memory()
     wall = time.perf_counter()
-    bar = tqdm(total=len(ids), unit="prompt", disable=not progress, dynamic_ncols=True)
-    try:
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start:start + settings.batch_size]
-            if settings.max_tokens <= 0:
-                comps = [Completion("", [], [], "length", len(ids[i])) for i in batch]
-            else:
-                comps = _generate_batch(model, tokenizer, [ids[i] for i in batch], batch, settings, stop_ids, stats)
-            for i, c in zip(batch, comps):
-                results[i] = c
-            stats.batches += 1
-            if on_batch is not None:
-                on_batch(list(batch), comps)
-            mx.clear_cache()
-            bar.update(len(batch))
-            if stats.generation_s > 0:
-                bar.set_postfix(gen_tok_s=f"{stats.generation_tokens / stats.generation_s:.1f}")
-    finally:
-        bar.close()
-        if threads_before is not None:
-            _blas.set_threads(threads_before)
+    with _blas.threads(settings.decode_threads), \
+            tqdm(total=len(ids), unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
+        if todo and settings.memory_check:
+            fit = fit_batch_size(model, [ids[i] for i in todo], [budgets[i] for i in todo], settings.batch_size)
+            settings = dataclasses.replace(settings, batch_size=fit)
+        stats.batch_size = settings.batch_size
+        empty = [i for i in range(len(ids)) if budgets[i] == 0]
+        if empty:
+            finish([_Row(i, ids[i], 0, None, finish_reason="length") for i in empty])
+        if rows:
+            tic = time.perf_counter()
+            batch = _Batch(model, settings, rows, prefix_len, stop_ids, stats)
+            stats.prompt_s += time.perf_counter() - tic
+            loop, prompt_before = time.perf_counter(), stats.prompt_s
+            pending = None  # (y, lp, rows) of the step queued last, not yet read
+            while True:
+                batch.compact()
+                if batch.refill_due():
+                    batch.admit()
+                if not batch.rows:
+                    break
+                y, lp = batch.step()
+                if pending is not None:
+                    finish(batch.read(*pending))
+                pending = (y, lp, list(batch.rows))
+                batch.inputs = y
+            if pending is not None:
+                finish(batch.read(*pending))
+            stats.generation_s = time.perf_counter() - loop - (stats.prompt_s - prompt_before)
     stats.wall_s = time.perf_counter() - wall
+    stats.generation_tokens = sum(len(c.tokens) for c in results)
+    stats.cached_prompt_tokens = sum(len(ids[i]) for i in todo) - stats.prompt_tokens
     stats.prompt_tps = stats.prompt_tokens / stats.prompt_s if stats.prompt_s else 0.0
     stats.generation_tps = stats.generation_tokens / stats.generation_s if stats.generation_s else 0.0
     stats.peak_memory_gb = mx.get_peak_memory() / 1e9
     return results, stats
+
