@@ -52,7 +52,7 @@ def score(_, completion):
 def run(precision: str, args, share: bool = True) -> dict:
     model, tokenizer = load(args.model, precision=precision)
     s = PPOSettings(prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=args.max_tokens,
-                    temperature=1.0, ppo_epochs=args.epochs, minibatch_size=args.minibatch, seed=0,
+                    temperature=1.0, ppo_epochs=args.epochs, minibatch_size=max(args.minibatch, args.samples) if share else args.minibatch, seed=0,
                     lora=LoRASettings(rank=8, alpha=16, num_layers=args.num_layers), share_prompts=share)
     state = init_state(model, tokenizer, s)
     prompts = make_prompts(tokenizer, args.prompts, args.judge)
