@@ -10,6 +10,8 @@
     --median-budget, sigma --sigma, at least --min-budget; seed 0), EOS ignored so every run generates the same
     tokens: the engine with static batching (a batch runs until its longest row), the engine with continuous
     batching, and batch_generate (per-prompt max_tokens).
+The judge workload also runs the engine without its shared-prefix cache and on mlx-lm's own blocks
+(`fast_kernels=False`: MLX's attention and SiLU instead of `mlxhv.kernels`) to show what each part buys.
 Precision: the float32 fast path on a CPU, the stored 4-bit weights on Metal / CUDA (`--precision`). Batch
 --batch-size for every batched run (batch_generate: completion_batch_size; its prefill_batch_size stays at its
 default 8, or the batch size if smaller). The mlx_lm loop runs on the first --loop-prompts prompts only (it is
@@ -50,9 +52,10 @@ def lognormal_budgets(n: int, median: int, sigma: float, lo: int, hi: int, seed:
     return [int(b) for b in np.clip(np.round(median * np.exp(sigma * z)), lo, hi)]
 
 
-def run_engine(model, tok, prompts, budgets, batch, ignore_eos, continuous=True, prefix_cache=True) -> dict:
+def run_engine(model, tok, prompts, budgets, batch, ignore_eos, continuous=True, prefix_cache=True,
+               fast_kernels=True) -> dict:
     s = GenerationSettings(max_tokens=budgets, batch_size=batch, ignore_eos=ignore_eos, continuous=continuous,
-                           prefix_cache=prefix_cache)
+                           prefix_cache=prefix_cache, fast_kernels=fast_kernels)
     comps, st = generate(model, tok, prompts, s)
     return {"wall_s": st.wall_s, "prompt_tok_s": st.prompt_tps, "gen_tok_s": st.generation_tps,
             "peak_memory_gb": st.peak_memory_gb, "generation_tokens": st.generation_tokens,
@@ -135,6 +138,8 @@ def judge_workload(model, tok, args) -> dict:
     print("  engine done", flush=True)
     runs["engine_no_prefix"] = run_engine(model, tok, prompts, budgets, args.batch_size, False, prefix_cache=False)
     print("  engine without the prefix cache done", flush=True)
+    runs["engine_mlx_lm_blocks"] = run_engine(model, tok, prompts, budgets, args.batch_size, False, fast_kernels=False)
+    print("  engine on mlx-lm's blocks (fast_kernels=False) done", flush=True)
     runs["mlx_lm_batch_generate"] = run_batch_generate(model, tok, prompts, budgets, args.batch_size, False)
     print("  batch_generate done", flush=True)
     n_loop = min(args.loop_prompts, len(prompts))
@@ -149,6 +154,8 @@ def judge_workload(model, tok, args) -> dict:
            "max_tokens": args.max_tokens, "prefix_tokens": _prefix(prompts),
            "same_tokens_vs_batch_generate": same(eng["tokens"], runs["mlx_lm_batch_generate"]["tokens"]),
            "same_tokens_no_prefix": same(eng["tokens"], runs["engine_no_prefix"]["tokens"]),
+           "same_tokens_mlx_lm_blocks": same(eng["tokens"], runs["engine_mlx_lm_blocks"]["tokens"]),
+           "x_fast_kernels": runs["engine_mlx_lm_blocks"]["wall_s"] / eng["wall_s"],
            "x_vs_batch_generate": runs["mlx_lm_batch_generate"]["wall_s"] / eng["wall_s"],
            "x_prefix_cache": runs["engine_no_prefix"]["wall_s"] / eng["wall_s"]}
     if n_loop:

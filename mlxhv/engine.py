@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxhv import _blas
+from mlxhv import _blas, kernels
 from mlxhv.errors import SettingsError
 
 # Model types whose mlx-lm Model is `model.model` (the transformer) + `lm_head` or a tied embedding, with
@@ -64,6 +64,7 @@ class GenerationSettings:
     prefix_cache: bool = True             # prefill the prompts' longest common prefix once
     continuous: bool = True               # refill finished rows with waiting prompts (False: static batches)
     memory_check: bool = True             # estimate the KV cache first; lower batch_size or refuse if too big
+    fast_kernels: bool = True             # on a CPU, llama blocks with mlxhv.kernels' softmax and SiLU
 
 
 def _stream(settings: GenerationSettings, i: int) -> int:
@@ -130,21 +131,21 @@ def _head(model: nn.Module) -> Callable | None:
     return model.model.embed_tokens.as_linear
 
 
-def forward_last(model: nn.Module, tokens: mx.array, cache) -> mx.array:
-    """Logits of the last position: tokens (B, L) → (B, V)."""
+def forward_last(model: nn.Module, tokens: mx.array, cache, fast: bool = True) -> mx.array:
+    """Logits of the last position: tokens (B, L) → (B, V). `fast`: `kernels.hidden_states` where it applies."""
     head = _head(model)
     if head is None:
         return model(tokens, cache=cache)[:, -1, :]
-    h = model.model(tokens, cache=cache)  # (B, L, D)
+    h = kernels.hidden_states(model, tokens, cache, fast)  # (B, L, D)
     return head(h[:, -1, :])  # (B, V)
 
 
-def _fill(model: nn.Module, tokens: mx.array, cache) -> None:
+def _fill(model: nn.Module, tokens: mx.array, cache, fast: bool = True) -> None:
     """Run tokens (B, L) through the model to fill `cache`; the vocabulary projection is skipped when it can be."""
     if _head(model) is None:
         model(tokens, cache=cache)
     else:
-        model.model(tokens, cache=cache)
+        kernels.hidden_states(model, tokens, cache, fast)
 
 
 def _check_cache_kinds(model: nn.Module) -> None:
@@ -171,7 +172,7 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 512) -> list:
+def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 512, fast: bool = True) -> list:
     """KV cache of one token sequence, computed once: a batch-1 mlx-lm `KVCache` per layer holding keys and
     values (1, n_kv, P, D) for positions 0..P-1; `prefill_row(model, body, cache)` continues it for one row."""
     from mlx_lm.models.cache import make_prompt_cache
@@ -179,12 +180,13 @@ def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 
     cache = make_prompt_cache(model)
     ids = mx.array(list(tokens))[None]  # (1, P)
     for start in range(0, ids.shape[1], prefill_step):
-        _fill(model, ids[:, start:start + prefill_step], cache)
+        _fill(model, ids[:, start:start + prefill_step], cache, fast)
         mx.eval([c.state for c in cache])
     return cache
 
 
-def prefill_row(model: nn.Module, body: Sequence[int], prefix: list | None, prefill_step: int = 512) -> list:
+def prefill_row(model: nn.Module, body: Sequence[int], prefix: list | None, prefill_step: int = 512,
+                fast: bool = True) -> list:
     """The KV cache of prefix + body for one row: batch-1 `KVCache`s that start from `prefix` (from
     `prefill_prefix`, never modified; None: empty) and hold len(prefix) + len(body) positions. One row at a time
     means no padding: on a CPU a prompt pass costs the same per token at any batch size."""
@@ -200,7 +202,7 @@ def prefill_row(model: nn.Module, body: Sequence[int], prefix: list | None, pref
     if body:
         ids = mx.array(list(body))[None]  # (1, L)
         for start in range(0, ids.shape[1], prefill_step):
-            _fill(model, ids[:, start:start + prefill_step], cache)
+            _fill(model, ids[:, start:start + prefill_step], cache, fast)
             mx.eval([c.state for c in cache])
     return cache
 
@@ -347,7 +349,8 @@ class _Batch:
         self.prefix = None
         self.P = prefix_len
         if prefix_len:
-            self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step)
+            self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step,
+                                         settings.fast_kernels)
             stats.prompt_tokens += prefix_len
 
     def live(self) -> int:
@@ -403,7 +406,7 @@ class _Batch:
             rows[u] = self.kept.get(u)
             if rows[u] is None:
                 body = u[self.P:-1]
-                rows[u] = prefill_row(self.model, body, self.prefix, self.s.prefill_step)
+                rows[u] = prefill_row(self.model, body, self.prefix, self.s.prefill_step, self.s.fast_kernels)
                 self.stats.prompt_tokens += len(body)
         for u, n in Counter(tuple(r.prompt) for r in new).items():
             self.remaining[u] -= n
@@ -424,7 +427,7 @@ class _Batch:
             keys = [r.keys[r.steps] if r.steps < r.budget else dead for r in self.rows]
         for r in self.rows:
             r.steps += 1
-        logits = forward_last(self.model, self.inputs[:, None], self.cache)
+        logits = forward_last(self.model, self.inputs[:, None], self.cache, self.s.fast_kernels)
         y, lp = sample(logits, self.s, keys)
         mx.async_eval(y, lp)
         self.stats.steps += 1

@@ -1,0 +1,119 @@
+"""The engine's own decoder pass on a CPU: the same blocks, a faster softmax and SiLU.
+
+On MLX's CPU backend, `mx.fast.scaled_dot_product_attention` materialises the (heads, queries, keys) scores and
+takes `exp` of each at ~20-40 ns an element, and SiLU's sigmoid does the same over the MLP's hidden units; for a
+~500-token judge prompt that is a large share of a pass that would otherwise be BLAS matmuls. Here `exp` is
+Cephes' `exp2f` scheme built from MLX ops and fused by `mx.compile`:
+
+    exp(x) = 2^n * 2^f,   y = x * log2(e),  n = round(y),  f = y - n in [-1/2, 1/2]
+    2^f ~ 1 + f * P(f)    (degree-6 polynomial, relative error ~2e-7, below float32's own rounding of exp)
+    2^n                   (n + 127) << 23 read as a float32
+
+`hidden_states(model, tokens, cache)` runs a plain llama decoder (embedding, blocks, final norm) with the model's
+own weights, RoPE, KV caches and mlx-lm's masks, and only attention's softmax and the MLP's SiLU replaced. It
+falls back to `model.model(...)` wherever that does not hold: other architectures, sliding windows, quantised KV
+caches, or any device but the CPU (Metal and CUDA have a fused attention kernel). The engine calls it for every
+prefill and decode step; nothing here is differentiated (the training passes use mlx-lm's blocks).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.models.base import create_attention_mask
+
+_LOG2E = 1.4426950408889634
+_EXP2_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3, 5.550332471162809e-2,
+              2.402264791363012e-1, 6.931472028550421e-1)  # Cephes exp2f, f in [-1/2, 1/2]
+_NEG = -1e30  # a masked score; exp underflows to 0
+
+
+def exp(x: mx.array) -> mx.array:
+    """exp(x) for float32 x <= ~88 (scores after the row max is subtracted are <= 0); 0 below ~-87."""
+    y = mx.maximum(x * _LOG2E, -126.0)
+    n = mx.round(y)
+    f = y - n
+    p = _EXP2_POLY[0]
+    for c in _EXP2_POLY[1:]:
+        p = p * f + c
+    p = p * f + 1.0
+    return p * ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
+
+
+@mx.compile
+def _softmax(s: mx.array) -> mx.array:
+    e = exp(s - mx.max(s, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@mx.compile
+def _masked_softmax(s: mx.array, keep: mx.array) -> mx.array:
+    s = mx.where(keep, s, _NEG)
+    e = exp(s - mx.max(s, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@mx.compile
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """silu(gate) * x with silu(g) = g / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, giving 0."""
+    return gate / (1.0 + exp(mx.minimum(-gate, 88.0))) * x
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.array:
+    """softmax(scale q k^T + mask) v with grouped KV heads. q (B, H, Lq, D), k/v (B, Hk, Lk, D); mask None,
+    "causal" (aligned bottom-right, as MLX's), a boolean keep-mask or an additive one, broadcastable to
+    (B, 1, Lq, Lk). -> (B, H, Lq, D)."""
+    B, H, Lq, D = q.shape
+    Hk, Lk = k.shape[1], k.shape[2]
+    q = (q * scale).reshape(B, Hk, H // Hk, Lq, D)
+    s = q @ k[:, :, None].swapaxes(-1, -2)  # (B, Hk, G, Lq, Lk)
+    if isinstance(mask, str):
+        keep = mx.arange(Lk)[None] <= mx.arange(Lq)[:, None] + (Lk - Lq)
+        p = _masked_softmax(s, keep)
+    elif mask is None:
+        p = _softmax(s)
+    else:
+        m = mask[:, :, None] if mask.ndim == 4 else mask
+        p = _masked_softmax(s, m) if mask.dtype == mx.bool_ else _softmax(s + m)
+    return (p @ v[:, :, None]).reshape(B, H, Lq, D)
+
+
+def supported(model) -> bool:
+    """True when `hidden_states` runs its own blocks for this model on the current device."""
+    inner = getattr(model, "model", None)
+    if mx.default_device() != mx.cpu or getattr(model, "model_type", None) != "llama":
+        return False
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")):
+        return False
+    return not any(getattr(b, "use_sliding", False) for b in inner.layers)
+
+
+def _attention_block(attn, x: mx.array, mask, cache) -> mx.array:
+    """mlx-lm's llama `Attention.__call__` with `attention` in place of its scaled_dot_product_attention."""
+    B, L, _ = x.shape
+    q = attn.q_proj(x).reshape(B, L, attn.n_heads, -1).transpose(0, 2, 1, 3)
+    k = attn.k_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    v = attn.v_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    if cache is not None:
+        q, k = attn.rope(q, offset=cache.offset), attn.rope(k, offset=cache.offset)
+        k, v = cache.update_and_fetch(k, v)
+    else:
+        q, k = attn.rope(q), attn.rope(k)
+    out = attention(q, k, v, attn.scale, mask)
+    return attn.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+def hidden_states(model, tokens: mx.array, cache=None, fast: bool = True) -> mx.array:
+    """The final-norm hidden states of tokens (B, L) -> (B, L, H), filling `cache` (one per block) as
+    `model.model(tokens, cache=cache)` does; the fast softmax and SiLU when `fast` and `supported(model)`."""
+    if not (fast and supported(model)) or (cache is not None and hasattr(cache[0], "bits")):
+        return model.model(tokens, cache=cache)
+    inner = model.model
+    h = inner.embed_tokens(tokens)
+    caches = cache if cache is not None else [None] * len(inner.layers)
+    mask = create_attention_mask(h, caches[0])
+    for block, c in zip(inner.layers, caches):
+        h = h + _attention_block(block.self_attn, block.input_layernorm(h), mask, c)
+        mlp = block.mlp
+        x = block.post_attention_layernorm(h)
+        h = h + mlp.down_proj(swiglu(mlp.gate_proj(x), mlp.up_proj(x)))
+    return inner.norm(h)
