@@ -218,3 +218,49 @@ def test_group_minibatches_cover_each_group_once():
     mbs = group_minibatches(groups, 8, np.random.default_rng(0))
     assert sorted(j for mb in mbs for j in mb) == list(range(5))
     assert all(sum(len(groups[j].rows) for j in mb) <= 8 for mb in mbs)
+
+
+@pytest.mark.parametrize("num_layers", [1, -1])
+def test_shared_prefix_runs_once_and_equals_whole_rows(num_layers):
+    """Prompts that open alike (as every judge prompt does): the shared-prompt passes split the common prefix off
+    (C positions) and still give the whole rows' log-probs, values and gradient step over several groups."""
+    def state():
+        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8, lr=1e-2)
+        st = init_state(tiny_model(0, layers=3), TOK, s)
+        mx.random.seed(2)
+        new = {k: mx.random.normal(v.shape) * 0.1 for k, v in tree_flatten(st.policy.trainable_parameters())
+               if "lora_b" in k or "value_head.out" in k}
+        st.policy.update(tree_unflatten(list(new.items())))
+        return st
+
+    prompts = [[1, 4, 9, 5, 6], [1, 4, 9, 7, 8, 10], [1, 4, 9, 3]]
+    comps = [comp([11, 12]), comp([13], "length"), comp([14, 15, 16]), comp([17]), comp([18, 19]), comp([])]
+    b = build_batch(prompts, comps, [0, 0, 1, 1, 2, 2], eos=2)
+    st = state()
+    model, vh = st.policy.model, st.policy.value_head
+    from mlxhv.rl.prefix import shared_start
+
+    start = shared_start(model)
+    rows, shared = RowPasses(b, rows_per_pass=6), GroupPasses(model, b, start, rows_per_pass=6)
+    assert shared.C == 3  # [1, 4, 9]
+    assert (shared.trunk is not None) == bool(start) and (not start or shared.trunk.prefix.shape[1] == 3)
+    lp, v = rows.no_grad(model, vh, temperature=0.7)
+    lp_s, v_s = shared.no_grad(model, vh, 0.7)
+    np.testing.assert_allclose(lp_s, lp, atol=1e-5)
+    np.testing.assert_allclose(v_s, v, atol=1e-5)
+
+    n, L = b.mask.shape
+    data = {"mask": b.mask, "old_logprobs": lp, "old_values": v,
+            "advantages": np.linspace(-1, 1, n * L, dtype=np.float32).reshape(n, L), "returns": np.ones((n, L), np.float32)}
+    _, m_rows = update_minibatch(st, rows, Minibatch(np.arange(6), L), data)
+    st2 = state()
+    shared2 = GroupPasses(st2.policy.model, b, start, rows_per_pass=6)
+    _, m_shared = update_minibatch(st2, shared2, Minibatch(np.arange(6), L, [0, 1, 2]), data)
+    for key in ("loss", "pg_loss", "v_loss", "grad_norm"):
+        assert m_shared[key] == pytest.approx(m_rows[key], rel=1e-4, abs=1e-6)
+    p1 = dict(tree_flatten(st.policy.trainable_parameters()))
+    p2 = dict(tree_flatten(st2.policy.trainable_parameters()))
+    assert any(not np.allclose(np.array(p1[k]), np.array(dict(tree_flatten(state().policy.trainable_parameters()))[k]))
+               for k in p1 if "lora_a" in k)  # the step moved the adapters
+    for k in p1:
+        np.testing.assert_allclose(np.array(p2[k]), np.array(p1[k]), atol=1e-5)

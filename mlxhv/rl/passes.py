@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxhv.rl.prefix import Group, chunks, group_minibatches, group_trunk, grouped_forward, make_groups, shared_start
+from mlxhv.rl.prefix import (Group, Trunk, chunks, group_minibatches, group_trunk, grouped_forward, make_groups,
+                             shared_prefix_length, shared_start)
 from mlxhv.rl.rollout import RolloutBatch, response_forward
 
 
@@ -76,12 +77,14 @@ class RowPasses:
 
 
 class GroupPasses:
-    """Each prompt once for its k answers; blocks below `start` (the frozen trunk) once per rollout."""
+    """Each prompt once for its k answers, the prompts' shared prefix once per pass; blocks below `start` (the
+    frozen trunk) once per rollout."""
 
     def __init__(self, model, batch: RolloutBatch, start: int, rows_per_pass: int):
         self.batch, self.start, self.rows_per_pass = batch, start, rows_per_pass
         self.groups: list[Group] = make_groups(batch)
-        self.trunk = group_trunk(model, batch, self.groups, start) if start else None
+        self.C = shared_prefix_length(self.groups)
+        self.trunk = group_trunk(model, batch, self.groups, start, self.C) if start else None
 
     def describe(self) -> str:
         return self.describe_start(self.start)
@@ -109,9 +112,10 @@ class GroupPasses:
     def forward(self, model, value_head, mb: Minibatch, temperature: float, with_entropy: bool = True):
         """As `RowPasses.forward`, the prompt of each group run once."""
         groups = [self.groups[j] for j in mb.groups]
-        trunk = None if self.trunk is None else [self.trunk[j] for j in mb.groups]
+        trunk = None if self.trunk is None else Trunk(self.trunk.prefix, [self.trunk.groups[j] for j in mb.groups])
         targets = mx.array(self.batch.targets[mb.rows, : mb.width])
-        return grouped_forward(model, value_head, groups, targets, temperature, trunk, self.start, with_entropy)
+        return grouped_forward(model, value_head, groups, targets, temperature, trunk, self.start, with_entropy,
+                               self.C)
 
 
 Passes = RowPasses | GroupPasses

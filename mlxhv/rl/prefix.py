@@ -11,6 +11,12 @@ offsets from the cache, causal mask aligned bottom-right). `PrefixCache` concate
 buffer, so gradients flow through the prompt's keys and values into the LoRA weights of the prompt positions,
 as in a full pass, summed over the k answers by `mx.repeat`'s vjp.
 
+Shared prefix: the prompts of a rollout also share their opening (system prompt and chat template, 205 of ~500
+tokens for the judge), as the engine's prompts do. Its positions are split off the same way
+(`engine.common_prefix_length`): each pass runs them once through each block (`prefix_states`), and every group's
+own prompt and answers start from their keys and values (`run_blocks(..., prefix)`), so the prefix is computed
+once per pass instead of once per group. `sft.py`'s prompt trunk uses the same two functions.
+
 Frozen trunk: blocks below the first LoRA block (`LoRASettings.num_layers`) are the same function in every pass
 of an iteration, so `group_trunk` runs them once per rollout and later passes start from its hidden states.
 
@@ -71,6 +77,13 @@ class Group:
     prompt: np.ndarray  # (P,) prompt token ids
 
 
+@dataclass
+class Trunk:
+    """Hidden states after the frozen blocks, computed once per rollout."""
+    prefix: mx.array | None  # (1, C, H) the shared prefix (None when C = 0)
+    groups: list[tuple[mx.array, mx.array]]  # per group: its own prompt (1, P - C, H), answer inputs (k, L - 1, H)
+
+
 def make_groups(batch: RolloutBatch) -> list[Group]:
     """One group per prompt, in order of first appearance."""
     groups: dict[int, list[int]] = {}
@@ -83,58 +96,92 @@ def make_groups(batch: RolloutBatch) -> list[Group]:
     return out
 
 
+def shared_prefix_length(groups: list[Group]) -> int:
+    """C: positions every group's prompt starts with; each group keeps at least its last prompt token (0 for a
+    single group: there is nothing to share)."""
+    from mlxhv.engine import common_prefix_length
+
+    return common_prefix_length([g.prompt.tolist() for g in groups]) if len(groups) > 1 else 0
+
+
 def _mask(n: int):
     return "causal" if n > 1 else None
 
 
-def run_blocks(blocks, hp: mx.array, hr: mx.array) -> tuple[mx.array, mx.array]:
-    """hp (1, P, H) prompt states, hr (k, R, H) answer states -> the same after `blocks`; the prompt runs once."""
-    k, R = hr.shape[0], hr.shape[1]
+def prefix_states(blocks, h: mx.array) -> tuple[mx.array, list[tuple]]:
+    """h (1, C, H) through `blocks` -> (the states after them, per block the (keys, values, offset) that later
+    positions attend to)."""
+    kv = []
     for block in blocks:
         cache = PrefixCache()
+        h = block(h, _mask(h.shape[1]), cache=cache)
+        kv.append((cache.keys, cache.values, cache.offset))
+    return h, kv
+
+
+def run_blocks(blocks, hp: mx.array, hr: mx.array, prefix: list[tuple] | None = None) -> tuple[mx.array, mx.array]:
+    """hp (1, P, H) prompt states, hr (k, R, H) answer states -> the same after `blocks`; the prompt runs once.
+    `prefix` (from `prefix_states` over the same blocks): positions before the prompt's, attended to as cached."""
+    k, R = hr.shape[0], hr.shape[1]
+    for i, block in enumerate(blocks):
+        cache = PrefixCache() if prefix is None else PrefixCache(*prefix[i])
         hp = block(hp, _mask(hp.shape[1]), cache=cache)
         if R:
             hr = block(hr, _mask(R), cache=cache.repeat(k))
     return hp, hr
 
 
-def _embed(model, g: Group, answers) -> tuple[mx.array, mx.array]:
-    """Embeddings of the prompt (1, P, H) and of the answer tokens fed as inputs (k, R, H). `answers` (k, L) are
-    the response targets; token t's state predicts token t + 1, so the last column is not an input."""
+def _embed(model, g: Group, answers, C: int) -> tuple[mx.array, mx.array]:
+    """Embeddings of the prompt past the shared prefix (1, P - C, H) and of the answer tokens fed as inputs
+    (k, R, H). `answers` (k, L) are the response targets; token t's state predicts token t + 1, so the last
+    column is not an input."""
     embed = model.model.embed_tokens
-    return embed(mx.array(g.prompt)[None]), embed(mx.array(answers[:, :-1]))
+    return embed(mx.array(g.prompt[C:])[None]), embed(mx.array(answers[:, :-1]))
 
 
-def group_trunk(model, batch: RolloutBatch, groups: list[Group], start: int) -> list[tuple[mx.array, mx.array]]:
-    """Hidden states after the first `start` blocks, per group: [(hp (1, P, H), hr (k, L - 1, H))]."""
+def _embed_prefix(model, groups: list[Group], C: int) -> mx.array:
+    return model.model.embed_tokens(mx.array(groups[0].prompt[:C])[None])  # (1, C, H)
+
+
+def group_trunk(model, batch: RolloutBatch, groups: list[Group], start: int, C: int = 0) -> Trunk:
+    """Hidden states after the first `start` blocks: the shared prefix's (its first C positions) and each
+    group's own."""
+    blocks = model.model.layers[:start]
+    prefix_h, kv = None, None
+    if C:
+        prefix_h, kv = prefix_states(blocks, _embed_prefix(model, groups, C))
+        mx.eval(prefix_h, kv)
     out = []
     for g in groups:
-        hp, hr = run_blocks(model.model.layers[:start], *_embed(model, g, batch.targets[g.rows]))
+        hp, hr = run_blocks(blocks, *_embed(model, g, batch.targets[g.rows], C), kv)
         mx.eval(hp, hr)
         out.append((hp, hr))
-    return out
+    return Trunk(prefix_h, out)
 
 
 def grouped_forward(model, value_head, groups: list[Group], targets: mx.array, temperature: float,
-                    trunk=None, start: int = 0, with_entropy: bool = True):
+                    trunk: Trunk | None = None, start: int = 0, with_entropy: bool = True, C: int = 0):
     """`response_forward` for the rows of `groups`, in that order (rows of each group, group after group).
 
     targets (B, L) -> logprobs (B, L), entropy (B, L) or None, values (B, L) or None. `trunk` holds
-    `group_trunk(..., start)` entries for these groups (or None: start from the embeddings)."""
+    `group_trunk(..., start, C)` states for these groups (or None: start from the embeddings). The first C
+    prompt positions, shared by every group, run once."""
     inner = model.model
     L = targets.shape[1]
+    blocks = inner.layers if trunk is None else inner.layers[start:]
+    kv = None
+    if C:
+        _, kv = prefix_states(blocks, _embed_prefix(model, groups, C) if trunk is None else trunk.prefix)
     states, row = [], 0
     for j, g in enumerate(groups):
         k = len(g.rows)
         if trunk is None:
-            hp, hr = _embed(model, g, targets[row:row + k])
-            blocks = inner.layers
+            hp, hr = _embed(model, g, targets[row:row + k], C)
         else:
-            hp, hr = trunk[j]
+            hp, hr = trunk.groups[j]
             hr = hr[:, : L - 1]
-            blocks = inner.layers[start:]
         row += k
-        hp, hr = run_blocks(blocks, hp, hr)
+        hp, hr = run_blocks(blocks, hp, hr, kv)
         last = mx.broadcast_to(hp[:, -1:], (k, 1, hp.shape[-1]))  # the prompt's last state predicts token 0
         states.append(inner.norm(mx.concatenate([last, hr], axis=1)))  # (k, L, H)
     return response_heads(model, value_head, mx.concatenate(states), targets, temperature, with_entropy)

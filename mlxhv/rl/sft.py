@@ -231,27 +231,20 @@ class FrozenTrunk:
     `prefix.run_blocks` does (the prefix once, the rows attending to it), which equals a full pass."""
 
     def __init__(self, model, start: int, prefix: list[int]):
-        from mlxhv.rl.prefix import PrefixCache
+        from mlxhv.rl.prefix import prefix_states
 
         self.model, self.start, self.P = model, start, len(prefix)
-        h = model.model.embed_tokens(mx.array(prefix)[None])  # (1, P, H)
-        self.kv = []
-        for block in model.model.layers[:start]:
-            cache = PrefixCache()
-            h = block(h, "causal" if self.P > 1 else None, cache=cache)
-            self.kv.append((cache.keys, cache.values))
-        self.hp = h  # (1, P, H)
-        mx.eval(self.hp, self.kv)
+        self.hp, self.kv = prefix_states(model.model.layers[:start], model.model.embed_tokens(mx.array(prefix)[None]))
+        mx.eval(self.hp, self.kv)  # hp (1, P, H); kv per block
         self._rows: dict = {}
 
     def row(self, key, tokens: list[int]) -> mx.array:
         """(len - 1 - P, H): the trunk states of the row's inputs after the prefix."""
         if key not in self._rows:
-            from mlxhv.rl.prefix import PrefixCache
+            from mlxhv.rl.prefix import run_blocks
 
             h = self.model.model.embed_tokens(mx.array(tokens[self.P:-1])[None])  # (1, R, H)
-            for block, (k, v) in zip(self.model.model.layers[: self.start], self.kv):
-                h = block(h, "causal" if h.shape[1] > 1 else None, cache=PrefixCache(k, v, self.P))
+            h, _ = run_blocks(self.model.model.layers[: self.start], h, h[:, :0], self.kv)
             mx.eval(h)
             self._rows[key] = h[0]
         return self._rows[key]
@@ -264,13 +257,11 @@ class FrozenTrunk:
 
 
 def common_prefix(rows: list[list[int]], limit: int) -> list[int]:
-    """The longest token prefix shared by every row, at most `limit` tokens."""
-    first = rows[0][:limit]
-    n = len(first)
-    for r in rows[1:]:
-        n = min(n, len(r))
-        n = next((i for i in range(n) if r[i] != first[i]), n)
-    return first[:n]
+    """The longest token prefix shared by every row, at most `limit` tokens (`engine.common_prefix_length`, as
+    the engine and the RL passes split it)."""
+    from mlxhv.engine import common_prefix_length
+
+    return rows[0][: min(common_prefix_length(rows), limit)]
 
 
 def answer_logits(model, batch, lengths, positions=None, trunk=None, prefix=None, start: int = 0):
