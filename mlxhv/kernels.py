@@ -18,6 +18,8 @@ prefill and decode step; nothing here is differentiated (the training passes use
 
 from __future__ import annotations
 
+from functools import cache
+
 import mlx.core as mx
 from mlx_lm.models.base import create_attention_mask
 
@@ -77,10 +79,20 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.a
     return (p @ v[:, :, None]).reshape(B, H, Lq, D)
 
 
+@cache
+def _compiles() -> bool:
+    """MLX's CPU backend compiles fused kernels with the system's C++ compiler; without one, mlx-lm's blocks."""
+    try:
+        mx.eval(swiglu(mx.zeros(4), mx.ones(4)))
+        return True
+    except Exception:  # noqa: BLE001 (any failure to build the kernel means: do not use it)
+        return False
+
+
 def supported(model) -> bool:
     """True when `hidden_states` runs its own blocks for this model on the current device."""
     inner = getattr(model, "model", None)
-    if mx.default_device() != mx.cpu or getattr(model, "model_type", None) != "llama":
+    if mx.default_device() != mx.cpu or getattr(model, "model_type", None) != "llama" or not _compiles():
         return False
     if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")):
         return False
