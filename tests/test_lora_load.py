@@ -133,16 +133,18 @@ def test_bad_adapters_are_refused(tmp_path):
     assert all(isinstance(m, LoRALinear) for m in lora_layers(model))
 
 
-def test_ppo_init_adapter_from_mlx_lm_reproduces_its_logits_and_trains_on(tmp_path):
+@pytest.mark.parametrize("kl_reference", ["init", "base"])
+def test_ppo_init_adapter_from_mlx_lm_reproduces_its_logits_and_trains_on(tmp_path, kl_reference):
     """`PPOSettings(init_adapter=…)` with an adapter trained by mlx-lm's own trainer: at step 0 the policy's
-    logits are mlx-lm's model's, the reference (LoRA off) is the base, and an RL iteration moves the adapter."""
+    logits are mlx-lm's model's; the KL reference is that policy (kl_reference "init": KL 0 at step 0) or the
+    base (LoRA off: KL > 0 from the start); an RL iteration moves the adapter."""
     from mlxhv.rl.lora import lora_disabled
-    from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+    from mlxhv.rl.trainer import PPOSettings, init_state, reference_policy, rl_iteration
 
     theirs = _mlx_lm_train(tmp_path, num_layers=2)
     expect = np.array(theirs(TOKENS))
     s = PPOSettings(init_adapter=str(tmp_path), prompts_per_step=2, samples_per_prompt=2, max_new_tokens=3,
-                    temperature=1.0, ppo_epochs=1, minibatch_size=4, value_inner=8, lr=1e-2)
+                    temperature=1.0, ppo_epochs=1, minibatch_size=4, value_inner=8, lr=1e-2, kl_reference=kl_reference)
     tok = SimpleNamespace(eos_token_id=2, eos_token_ids={2}, decode=lambda ids: " ".join(map(str, ids)))
     state = init_state(tiny_model(seed=0, layers=3), tok, s)
     assert s.lora.num_layers == 2 and s.lora.alpha == pytest.approx(40.0)  # the adapter's layout (scale 10, rank 4)
@@ -153,6 +155,16 @@ def test_ppo_init_adapter_from_mlx_lm_reproduces_its_logits_and_trains_on(tmp_pa
     before = {k: np.array(v) for k, v in tree_flatten(state.policy.model.trainable_parameters())}
     score = lambda j, c: SimpleNamespace(reward=float(len(c.tokens)))  # noqa: E731
     metrics, _ = rl_iteration(state, [[1, 4, 6], [1, 5, 8]], score, 1)
-    assert np.isfinite(metrics["loss"]) and metrics["kl"] > 0  # the adapter is off the reference from the start
+    assert np.isfinite(metrics["loss"])
+    if kl_reference == "init":
+        assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as its reference
+    else:
+        assert metrics["kl"] > 1e-3  # the adapter is off the base from the start
     after = dict(tree_flatten(state.policy.model.trainable_parameters()))
     assert any(not np.allclose(before[k], np.array(after[k])) for k in before)
+    with reference_policy(state):  # the reference stays where the run started, the policy's weights come back
+        ref = np.array(state.policy.model(TOKENS))
+    np.testing.assert_allclose(ref, expect if kl_reference == "init" else np.array(tiny_model(seed=0, layers=3)(TOKENS)),
+                               atol=1e-5)
+    assert all(np.array_equal(np.array(v), np.array(after[k]))
+               for k, v in tree_flatten(state.policy.model.trainable_parameters()))

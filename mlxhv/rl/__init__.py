@@ -21,7 +21,10 @@ length, never by id (SmolLM2 uses id 2 for both).
 Where we depart, and why:
 1. **One model in memory.** The reference policy is the same weights with every LoRA adapter switched off
    (`lora.lora_disabled`), not a second copy (TRL, mlx-lm-lora) — half the memory, and exact: at step 0 the
-   policy *is* the reference, KL = 0.
+   policy *is* the reference, KL = 0. A run that starts from an adapter (`init_adapter`, e.g. an SFT warm
+   start) keeps a copy of only that adapter's weights and swaps them in for the reference pass
+   (`lora.lora_weights`; `kl_reference: init`, TRL's choice of the starting policy), so KL is again 0 at step 0;
+   `kl_reference: base` measures KL against the base model instead.
 2. **A reward function, not a reward model.** The task has a gold label, so the score is computed
    (`reward.reward`: decision correctness + 1 − Brier of the stated confidence, RLCR-style; −1 for unparseable
    answers), not learned.

@@ -14,7 +14,7 @@ For the G answers i = 1..G to one prompt, with scores r_i, and per-token arrays 
               = sum_it m_it l_it / sum_it m_it               "dapo" (token-level: long answers weigh more)
               = sum_it m_it l_it / (B * max_new_tokens)      "dr_grpo" (a constant normaliser)
 
-The reference pi_ref is the same weights with LoRA off (`lora.lora_disabled`), as for PPO.
+The reference pi_ref is the policy the run started from (LoRA off, or the init adapter), as for PPO.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 
 @dataclass
@@ -110,6 +110,17 @@ def lora_disabled(model: nn.Module):
     finally:
         for m in layers:
             m.enabled = True
+
+
+@contextlib.contextmanager
+def lora_weights(model: nn.Module, weights: dict[str, mx.array]):
+    """Run the model with these adapter weights (from `adapter_weights`) inside the block, its own after."""
+    own = adapter_weights(model)
+    model.update(tree_unflatten(list(weights.items())))
+    try:
+        yield model
+    finally:
+        model.update(tree_unflatten(list(own.items())))
 
 
 def adapter_weights(model: nn.Module) -> dict[str, mx.array]:

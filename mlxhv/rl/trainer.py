@@ -28,7 +28,8 @@ from mlxhv.prompts import PROMPT_CONFIG_FILE, write_prompt_config
 from mlxhv.rl.algorithms import ALGORITHMS, make_algorithm
 from mlxhv.rl.curriculum import CURRICULA
 from mlxhv.rl.grpo import GRPOSettings
-from mlxhv.rl.lora import LoRASettings, apply_lora, load_adapters, lora_disabled, save_adapters
+from mlxhv.rl.lora import (LoRASettings, adapter_weights, apply_lora, load_adapters, lora_disabled, lora_weights,
+                           save_adapters)
 from mlxhv.rl.passes import Minibatch, Passes, describe_passes, make_passes
 from mlxhv.rl.ppo import AdaptiveKLController, PPOLossSettings, explained_variance
 from mlxhv.rl.reward import RewardSettings
@@ -83,6 +84,9 @@ class PPOSettings:
     #                                  None: yes when sharing
     seed: int = 0
     init_adapter: str | None = None  # start from this adapter (ours or mlx_lm.lora's; its LoRA layout is used)
+    # the KL term's reference: "init" the policy the run starts from (init_adapter's weights; the base model
+    # without one), as TRL's ref_model; "base" the base model (LoRA off) even when starting from an adapter
+    kl_reference: str = "init"
     check_every: int = 10  # under mlx.launch: compare the ranks' weights every N steps (0: never)
     # bookkeeping
     save_every: int = 10
@@ -98,6 +102,8 @@ class PPOSettings:
         from mlxhv.prompts import resolve_answer_prefix
 
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
+        if self.kl_reference not in ("init", "base"):
+            raise SettingsError(f"kl_reference must be 'init' or 'base', not {self.kl_reference!r}")
         if self.score_baseline not in ("none", "loo"):
             raise SettingsError(f"score_baseline must be 'none' or 'loo', not {self.score_baseline!r}")
         if self.cache_trunk and not self.share_prompts:
@@ -165,6 +171,13 @@ class PPOState:
     algo: object  # rl/algorithms.py: PPO or GRPO, picked from settings.algo
     step: int = 0
     skipped_updates: int = 0
+    reference: dict | None = None  # the init adapter's weights when they are the KL reference; None: LoRA off
+
+
+def reference_policy(state: PPOState):
+    """Context in which the policy model is the KL reference (`PPOSettings.kl_reference`)."""
+    model = state.policy.model
+    return lora_disabled(model) if state.reference is None else lora_weights(model, state.reference)
 
 
 def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
@@ -176,13 +189,16 @@ def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
         settings.lora = load_adapters(model, settings.init_adapter)
     else:
         apply_lora(model, settings.lora, seed=settings.seed)
+    reference = None
+    if settings.init_adapter and settings.kl_reference == "init":
+        reference = {k: mx.array(v) for k, v in adapter_weights(model).items()}  # a copy: training updates the own
     mx.random.seed(settings.seed)
     policy = Policy(model, ValueHead(hidden_size(model), settings.value_inner))
     optimizer = optim.AdamW(learning_rate=settings.lr, weight_decay=settings.weight_decay)
     optimizer.init(policy.trainable_parameters())
     mx.eval(policy.parameters(), optimizer.state)
     kl = AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
-    return PPOState(policy, tokenizer, optimizer, kl, settings, make_algorithm(settings))
+    return PPOState(policy, tokenizer, optimizer, kl, settings, make_algorithm(settings), reference=reference)
 
 
 def _loss_fn(policy: Policy, passes: Passes, mb: Minibatch, mb_data: dict, temperature: float, algo, kl_coef,
@@ -264,11 +280,11 @@ def rl_iteration(state: PPOState, prompts: list[list[int]], score_fn: Callable, 
     mask = batch.mask  # (N, L)
 
     with _blas.threads(s.train_threads):  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
-        # 3. old log-probs and values (policy), reference log-probs (same weights, LoRA off)
+        # 3. old log-probs and values (policy), reference log-probs (LoRA off, or the init adapter's weights)
         t1 = time.perf_counter()
         passes = make_passes(model, batch, s.share_prompts, s.cache_trunk, s.minibatch_size)
         old_logprobs, old_values = passes.no_grad(model, value_head, s.temperature)  # (N, L) each
-        with lora_disabled(model):
+        with reference_policy(state):
             ref_logprobs, _ = passes.no_grad(model, None, s.temperature)
         t_reference = time.perf_counter() - t1
 
