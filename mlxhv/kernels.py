@@ -63,11 +63,15 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.array:
     """softmax(scale q k^T + mask) v with grouped KV heads. q (B, H, Lq, D), k/v (B, Hk, Lk, D); mask None,
     "causal" (aligned bottom-right, as MLX's), a boolean keep-mask or an additive one, broadcastable to
-    (B, 1, Lq, Lk). -> (B, H, Lq, D)."""
+    (B, 1, Lq, Lk). -> (B, H, Lq, D).
+
+    The G = H / Hk query heads that share a KV head are folded into the rows of one matmul, (G Lq, D) @ (D, Lk),
+    rather than broadcasting K over G (MLX's CPU matmul copies a broadcast operand): ~2x faster decode steps."""
     B, H, Lq, D = q.shape
     Hk, Lk = k.shape[1], k.shape[2]
-    q = (q * scale).reshape(B, Hk, H // Hk, Lq, D)
-    s = q @ k[:, :, None].swapaxes(-1, -2)  # (B, Hk, G, Lq, Lk)
+    G = H // Hk
+    s = (q * scale).reshape(B, Hk, G * Lq, D) @ k.swapaxes(-1, -2)  # (B, Hk, G Lq, Lk)
+    s = s.reshape(B, Hk, G, Lq, Lk)
     if isinstance(mask, str):
         keep = mx.arange(Lk)[None] <= mx.arange(Lq)[:, None] + (Lk - Lq)
         p = _masked_softmax(s, keep)
@@ -76,7 +80,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.a
     else:
         m = mask[:, :, None] if mask.ndim == 4 else mask
         p = _masked_softmax(s, m) if mask.dtype == mx.bool_ else _softmax(s + m)
-    return (p @ v[:, :, None]).reshape(B, H, Lq, D)
+    return (p.reshape(B, Hk, G * Lq, Lk) @ v).reshape(B, H, Lq, D)
 
 
 @cache
