@@ -168,3 +168,23 @@ def test_ppo_init_adapter_from_mlx_lm_reproduces_its_logits_and_trains_on(tmp_pa
                                atol=1e-5)
     assert all(np.array_equal(np.array(v), np.array(after[k]))
                for k, v in tree_flatten(state.policy.model.trainable_parameters()))
+
+
+def test_init_adapter_layout_is_recorded_and_a_different_one_refused(tmp_path):
+    """settings.lora becomes the adapter's layout; the same settings start again (as a resume does), another
+    layout is refused."""
+    from mlxhv.errors import SettingsError
+    from mlxhv.rl.trainer import PPOSettings, init_state
+
+    model = tiny_model(seed=0, layers=3)
+    layout = LoRASettings(rank=4, alpha=12.0, num_layers=2, keys=["self_attn.q_proj", "mlp.up_proj"])
+    apply_lora(model, layout, seed=1)
+    save_adapters(model, layout, tmp_path)
+    tok = SimpleNamespace(eos_token_id=2, eos_token_ids={2}, decode=lambda ids: "")
+    s = PPOSettings(init_adapter=str(tmp_path), value_inner=8)
+    init_state(tiny_model(seed=0, layers=3), tok, s)
+    assert s.lora == layout
+    init_state(tiny_model(seed=0, layers=3), tok, s)  # settings read back from settings.json start the same way
+    other = PPOSettings(init_adapter=str(tmp_path), value_inner=8, lora=LoRASettings(rank=2))
+    with pytest.raises(SettingsError, match="comes from init_adapter"):
+        init_state(tiny_model(seed=0, layers=3), tok, other)

@@ -182,11 +182,12 @@ def reference_policy(state: PPOState):
 
 def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
     """Wrap the model with LoRA (fresh, B = 0, or `settings.init_adapter`'s), add the value head and optimizer.
-    With an init adapter, `settings.lora` becomes the adapter's layout (set lora only when not using one)."""
+    With an init adapter, `settings.lora` becomes the adapter's layout (leave lora unset, or equal to that layout)."""
     if settings.init_adapter:
-        if settings.lora != LoRASettings():
+        layout = load_adapters(model, settings.init_adapter)
+        if settings.lora not in (LoRASettings(), layout):
             raise SettingsError("lora: the LoRA layout comes from init_adapter; leave lora unset")
-        settings.lora = load_adapters(model, settings.init_adapter)
+        settings.lora = layout
     else:
         apply_lora(model, settings.lora, seed=settings.seed)
     reference = None
@@ -460,7 +461,6 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
     main = distributed.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
 
     system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
@@ -470,7 +470,8 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
         task = JudgeTask.build(examples, tokenizer, system_prompt, s.answer_prefix, s.reward, s.balance_classes,
                                s.curriculum, s.curriculum_ramp, s.steps)
     state = init_state(model, tokenizer, s)
-    if main:
+    if main:  # after init_state: with init_adapter, settings.lora is the adapter's layout
+        (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
         print(describe_passes(model, s.share_prompts, s.cache_trunk) + (f", {world} ranks" if world > 1 else ""),
               file=sys.stderr)  # once per run
 
