@@ -264,3 +264,18 @@ def test_shared_prefix_runs_once_and_equals_whole_rows(num_layers):
                for k in p1 if "lora_a" in k)  # the step moved the adapters
     for k in p1:
         np.testing.assert_allclose(np.array(p2[k]), np.array(p1[k]), atol=1e-5)
+
+
+def test_sft_curves_read_the_sft_log(tmp_path):
+    import json
+
+    from mlxhv.rl.plot import plot_run, read_sft_metrics
+
+    recs = [{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.0, "val": {"loss": 0.9, "decision_accuracy": 0.5}},
+            {"step": 3, "loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    steps, vals = read_sft_metrics(tmp_path)
+    assert [r["step"] for r in steps] == [1, 2, 3] and vals == [{"step": 2, "loss": 0.9, "decision_accuracy": 0.5}]
+    pytest.importorskip("matplotlib")
+    png = plot_run(tmp_path)
+    assert png == tmp_path / "curves.png" and png.read_bytes()[:4] == b"\x89PNG"

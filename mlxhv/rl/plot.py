@@ -1,4 +1,4 @@
-"""Training curves of a PPO run (metrics.jsonl -> curves.png). Needs matplotlib (the `plots` extra)."""
+"""Training curves of a PPO / GRPO or SFT run (metrics.jsonl -> curves.png). Needs matplotlib (the `plots` extra)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,18 @@ def rolling_mean(values: list, window: int) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """Write the curves PNG; returns its path, or None when matplotlib is missing."""
+def read_sft_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(per-step records with a training loss, validation records {"step", **val}) of an SFT run."""
+    steps, vals = [], []
+    for _, rec in iter_jsonl(Path(run_dir) / "metrics.jsonl"):
+        if isinstance(rec, dict) and "loss" in rec and "reward_mean" not in rec:
+            steps.append(rec)
+            if "val" in rec:
+                vals.append({"step": rec["step"], **rec["val"]})
+    return steps, vals
+
+
+def _pyplot():
     try:
         import matplotlib
 
@@ -43,7 +53,50 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    return plt
+
+
+def plot_sft(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """SFT curves: training loss (and its 10-step mean), validation loss, decision accuracy / macro-F1 and recall
+    per gold decision. Returns the PNG's path, or None when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    steps, vals = read_sft_metrics(run_dir)
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    xs = [r["step"] for r in steps]
+    axes[0].plot(xs, [r["loss"] for r in steps], lw=0.7, alpha=0.5, label="train (batch)")
+    axes[0].plot(xs, rolling_mean([r["loss"] for r in steps], 10), label="train (10-step mean)")
+    vx = [v["step"] for v in vals]
+    axes[0].plot(vx, [v.get("loss", float("nan")) for v in vals], marker="s", label="validation")
+    axes[0].set_title("answer loss")
+    axes[0].legend(fontsize=8)
+    for key, label in (("decision_accuracy", "accuracy"), ("decision_macro_f1", "macro-F1")):
+        axes[1].plot(vx, [v.get(key, float("nan")) for v in vals], marker="o", label=label)
+    axes[1].set_title("validation decisions (greedy)")
+    axes[1].legend(fontsize=8)
+    for cls in DECISIONS:
+        axes[2].plot(vx, [v.get("decision_recall", {}).get(cls, float("nan")) for v in vals], marker="o", label=cls)
+    axes[2].set_title("validation recall per gold decision")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("SFT step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Write the curves PNG (an SFT run's through `plot_sft`); returns its path, or None when matplotlib is
+    missing."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     steps, evals = read_metrics(run_dir)
+    if not steps and read_sft_metrics(run_dir)[0]:
+        return plot_sft(run_dir, out)
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     xs = [r["step"] for r in steps]
