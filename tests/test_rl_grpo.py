@@ -70,7 +70,7 @@ def test_grpo_raises_reward_on_tiny_task():
         toks = completion.tokens
         return SimpleNamespace(reward=float(np.mean([t == TARGET for t in toks])) if toks else 0.0)
 
-    s = PPOSettings(algo="grpo", steps=12, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6,
+    s = PPOSettings(algo="grpo", steps=16, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6,
                     temperature=1.0, ppo_epochs=4, minibatch_size=8, lr=3e-2, kl_coef=0.01, kl_target=None,
                     lora=LoRASettings(rank=4, alpha=8, keys=["self_attn.q_proj", "self_attn.v_proj",
                                                             "self_attn.o_proj"]),
@@ -79,6 +79,7 @@ def test_grpo_raises_reward_on_tiny_task():
     prompts = [[1, 3, 4], [1, 5], [1, 9, 10, 11], [1, 12, 13]]
     logs = [rl_iteration(state, prompts, score, step)[0] for step in range(1, s.steps + 1)]
     rewards = [m["reward_mean"] for m in logs]
+    # 16 steps: at 12 the gain depends on the seed (+0.29 to +0.80 over seeds 0-3); at 16 it is +0.55 or more
     assert np.mean(rewards[-3:]) > np.mean(rewards[:2]) + 0.3, rewards
     assert "explained_variance" not in logs[0] and "kl_loss" in logs[0] and "v_loss" not in logs[0]
     assert state.skipped_updates == 0
