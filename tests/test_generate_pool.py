@@ -121,3 +121,27 @@ def test_run_job_turns_api_failure_and_ctrl_c_into_a_reason():
     assert run_job([1, 2], lambda i: i, 2, threading.Event()) == (None, False)
     with pytest.raises(ZeroDivisionError):  # a bug is not a reason to stop quietly
         run_job([1], lambda i: 1 / 0, 1, threading.Event())
+
+
+def test_sigint_in_the_main_thread_stops_the_pool_at_a_safe_point():
+    """SIGINT while the calling thread waits: KeyboardInterrupt comes from the pool (not from inside the queue's
+    lock), running items get the grace period, hanging ones are abandoned, and the SIGINT handler is restored."""
+    import os
+    import signal
+
+    release = threading.Event()
+
+    def worker(i):
+        if i == 0:
+            return i
+        release.wait(30)  # hangs, as an API call thinking for minutes does
+        return i
+
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    before = signal.getsignal(signal.SIGINT)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_pool(range(4), worker, 2, threading.Event(), grace_s=0.5)
+    assert time.monotonic() - t0 < 3.0
+    assert signal.getsignal(signal.SIGINT) is before
+    release.set()

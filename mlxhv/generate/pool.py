@@ -12,6 +12,8 @@
 - Ctrl-C (KeyboardInterrupt in the calling thread) sets `stop`, waits at most `grace_s` for the running items —
   an API call can take minutes, so the ones still waiting on the server are abandoned (daemon threads) — and
   re-raises KeyboardInterrupt. Anything raised in the calling thread (by `on_done`) is handled the same way.
+  In the main thread SIGINT only sets a flag while the pool runs, and the pool raises KeyboardInterrupt between
+  waits: raised inside `queue.Queue.get`, it can leave the queue's lock held and the drain waiting on it forever.
 
 `run_job` is how both jobs call it: an `APIFailure` or Ctrl-C becomes `(why it stopped, interrupted)`; the job
 saves what it has (its report, the topics kept) and, after Ctrl-C, raises KeyboardInterrupt again.
@@ -22,7 +24,9 @@ The return value is the list of `(item, result)` of the items that returned, in 
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import signal
 import threading
 import time
 from typing import Callable, Iterable, Optional, TypeVar
@@ -34,6 +38,20 @@ R = TypeVar("R")
 
 DEFAULT_GRACE_S = 2.0  # on Ctrl-C: how long running items may take to finish before they are abandoned
 INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+@contextlib.contextmanager
+def _sigint_flag():
+    """An Event set by SIGINT instead of KeyboardInterrupt, in the main thread (elsewhere one never set)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_pool(items: Iterable[I], worker: Callable[[I], R], concurrency: int, stop: threading.Event, *,
@@ -70,25 +88,33 @@ def run_pool(items: Iterable[I], worker: Callable[[I], R], concurrency: int, sto
         if on_done is not None:
             on_done(item, result)
 
-    try:
-        while True:
-            while todo and running < max(1, concurrency) and not stop.is_set():
-                threading.Thread(target=call, args=(todo.pop(),), daemon=True, name="mlxhv-pool").start()
-                running += 1
-            if running == 0:
-                break
-            take()
-    except BaseException:
-        stop.set()
-        deadline = time.monotonic() + grace_s
-        while running and time.monotonic() < deadline:
-            try:
-                take(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            except Exception:  # an on_done failure while draining: the first problem is the one raised
-                pass
-        raise
+    with _sigint_flag() as interrupted:
+        try:
+            while True:
+                while todo and running < max(1, concurrency) and not stop.is_set():
+                    threading.Thread(target=call, args=(todo.pop(),), daemon=True, name="mlxhv-pool").start()
+                    running += 1
+                if running == 0:
+                    break
+                while True:  # wait for the next finished item, looking at the Ctrl-C flag between waits
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    try:
+                        take(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        pass
+        except BaseException:
+            stop.set()
+            deadline = time.monotonic() + grace_s
+            while running and time.monotonic() < deadline:
+                try:
+                    take(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                except Exception:  # an on_done failure while draining: the first problem is the one raised
+                    pass
+            raise
     if first_error is not None:
         raise first_error
     return results
