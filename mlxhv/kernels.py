@@ -41,17 +41,18 @@ def exp(x: mx.array) -> mx.array:
     return p * ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
 
 
-@mx.compile
-def _softmax(s: mx.array) -> mx.array:
+def _rows(s: mx.array) -> mx.array:
     e = exp(s - mx.max(s, axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@mx.compile
-def _masked_softmax(s: mx.array, keep: mx.array) -> mx.array:
-    s = mx.where(keep, s, _NEG)
-    e = exp(s - mx.max(s, axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+_softmax = mx.compile(_rows)
+_masked_softmax = mx.compile(lambda s, keep: _rows(mx.where(keep, s, _NEG)))
+
+
+def causal_keep(Lq: int, Lk: int) -> mx.array:
+    """(Lq, Lk) keep-mask of MLX's "causal": query i (the last Lq of Lk positions) sees keys up to its own."""
+    return mx.arange(Lk)[None] <= mx.arange(Lq)[:, None] + (Lk - Lq)
 
 
 @mx.compile
@@ -73,8 +74,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.a
     s = (q * scale).reshape(B, Hk, G * Lq, D) @ k.swapaxes(-1, -2)  # (B, Hk, G Lq, Lk)
     s = s.reshape(B, Hk, G, Lq, Lk)
     if isinstance(mask, str):
-        keep = mx.arange(Lk)[None] <= mx.arange(Lq)[:, None] + (Lk - Lq)
-        p = _masked_softmax(s, keep)
+        p = _masked_softmax(s, causal_keep(Lq, Lk))
     elif mask is None:
         p = _softmax(s)
     else:
@@ -127,6 +127,9 @@ def hidden_states(model, tokens: mx.array, cache=None, fast: bool = True) -> mx.
     h = inner.embed_tokens(tokens)
     caches = cache if cache is not None else [None] * len(inner.layers)
     mask = create_attention_mask(h, caches[0])
+    if isinstance(mask, str):  # one keep-mask for every block of the pass (all blocks' caches hold the same length)
+        L = tokens.shape[1]
+        mask = causal_keep(L, L + (caches[0].offset if caches[0] is not None else 0))
     for block, c in zip(inner.layers, caches):
         h = h + _attention_block(block.self_attn, block.input_layernorm(h), mask, c)
         mlp = block.mlp
