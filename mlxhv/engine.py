@@ -5,7 +5,10 @@ per-layer `BatchKVCache` (mlx-lm's: per-row RoPE offsets, a left-padding mask, `
 
     shared prefix: the longest common prefix P of all prompts, prefilled once ──► KV (1, P)
     admit n rows:  per row, KV (1, P) + prompt[P:-1] in one pass (no padding) ──► `BatchKVCache.merge` (left-
-                   padded) ──► `extend` the live batch; the row's last prompt token is its first decode input
+                   padded) ──► `extend` the live batch; the row's last prompt token is its first decode input.
+                   Where mlxhv's own blocks run (a CPU, llama), the batch cache holds only each row's positions
+                   after P and decode steps read the prefix's KV once for all rows (`kernels.SharedPrefixCache`);
+                   elsewhere every row holds a copy of it
     decode step:   y (B, 1) ──model + cache──► logits (B, V) ──sample──► y (B,), log p(y) (B,)
     refill:        rows that finish (EOS, stop id, their own max_tokens) leave the batch (`filter`); once a
                    quarter of the slots are free, waiting prompts are admitted into them
@@ -207,12 +210,31 @@ def prefill_row(model: nn.Module, body: Sequence[int], prefix: list | None, pref
     return cache
 
 
-def merge_rows(rows: list[list]) -> list:
+def merge_rows(rows: list[list], skip: int = 0) -> list:
     """Per-row caches (lists of batch-1 `KVCache`) → one left-padded `BatchKVCache` per layer (a copy; a row may
-    appear several times)."""
-    from mlx_lm.models.cache import BatchKVCache
+    appear several times). `skip`: leave out every row's first `skip` positions (a prefix held elsewhere)."""
+    from mlx_lm.models.cache import BatchKVCache, KVCache
 
-    return [BatchKVCache.merge([r[layer] for r in rows]) for layer in range(len(rows[0]))]
+    def tail(c):
+        if not skip:
+            return c
+        t = KVCache()
+        if c.offset > skip:
+            t.keys, t.values = c.keys[..., skip:c.offset, :], c.values[..., skip:c.offset, :]
+            t.offset = c.offset - skip
+        return t
+
+    return [BatchKVCache.merge([tail(r[layer]) for r in rows]) for layer in range(len(rows[0]))]
+
+
+def split_prefix(prefix: list, merged: list) -> list:
+    """Per layer, a `kernels.SharedPrefixCache`: the prefix's keys and values (from `prefill_prefix`) once, and
+    the rows' own positions in `merged` (from `merge_rows(..., skip=P)`)."""
+    out = []
+    for p, m in zip(prefix, merged):
+        P = p.offset
+        out.append(kernels.SharedPrefixCache(mx.contiguous(p.keys[..., :P, :]), mx.contiguous(p.values[..., :P, :]), m))
+    return out
 
 
 def _extend(cache: list | None, other: list) -> list:
@@ -352,6 +374,9 @@ class _Batch:
             self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step,
                                          settings.fast_kernels)
             stats.prompt_tokens += prefix_len
+        # decode steps read the prefix's KV once for all rows (kernels.SharedPrefixCache) where mlxhv's own
+        # blocks run; elsewhere every row holds a copy of it
+        self.split = self.prefix is not None and settings.fast_kernels and kernels.supported(model)
 
     def live(self) -> int:
         return sum(not r.spent for r in self.rows)
@@ -414,7 +439,9 @@ class _Batch:
                 self.kept[u] = rows[u]
             else:
                 self.kept.pop(u, None)
-        merged = merge_rows([rows[tuple(r.prompt)] for r in new])
+        merged = merge_rows([rows[tuple(r.prompt)] for r in new], skip=self.P if self.split else 0)
+        if self.split:
+            merged = split_prefix(self.prefix, merged)
         mx.eval([c.state for c in merged])
         return merged
 

@@ -49,14 +49,25 @@ def test_common_prefix_length():
     assert common_prefix_length([[1, 2], [3, 4]]) == 0
 
 
-def test_batched_greedy_matches_mlx_lm_one_at_a_time(smollm, chat_prompts):
+def test_batched_greedy_matches_mlx_lm_one_at_a_time(smollm, chat_prompts, monkeypatch):
     """One batch, shared prefix (the chat template's opening): the same text as mlx_lm.generate per prompt, and the
-    prompt-token count shows the prefix ran once."""
+    prompt-token count shows the prefix ran once. Decode steps read the prefix once for all rows
+    (kernels.SharedPrefixCache, one per layer)."""
     import mlx_lm
 
+    from mlxhv import kernels
+
     model, tok = smollm
+    made = []
+    init = kernels.SharedPrefixCache.__init__
+
+    def counting(self, *args):
+        made.append(1)
+        init(self, *args)
+
+    monkeypatch.setattr(kernels.SharedPrefixCache, "__init__", counting)
     comps, stats = generate(model, tok, chat_prompts, GenerationSettings(max_tokens=8, batch_size=8))
-    assert stats.batches == 1
+    assert stats.batches == 1 and len(made) == len(model.layers)
     for prompt, c in zip(chat_prompts, comps):
         ref = mlx_lm.generate(model, tok, prompt, max_tokens=8)
         assert c.text == ref

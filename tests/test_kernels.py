@@ -91,3 +91,83 @@ def test_not_supported_elsewhere():
     assert not kernels.supported(model)
     tokens = mx.array([[1, 2, 3]])
     assert mx.array_equal(kernels.hidden_states(model, tokens), model.model(tokens))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive"])
+@pytest.mark.parametrize("Lq,Lk", [(1, 9), (5, 12)])
+def test_attention_with_a_shared_prefix_equals_the_prefix_copied_into_every_row(mask_kind, Lq, Lk):
+    rng = np.random.default_rng(Lq * 10 + Lk)
+    B, H, Hk, D, P = 3, 6, 2, 8, 11
+    q, k, v = (mx.array(rng.normal(size=s).astype(np.float32)) for s in ((B, H, Lq, D), (B, Hk, Lk, D), (B, Hk, Lk, D)))
+    kp, vp = (mx.array(rng.normal(size=(1, Hk, P, D)).astype(np.float32)) for _ in range(2))
+    keep = rng.random((B, 1, Lq, Lk)) < 0.7
+    keep[..., -1] = True
+    own = {"none": None, "causal": "causal", "bool": mx.array(keep),
+           "additive": mx.array(np.where(keep, 0.0, -1e9).astype(np.float32))}[mask_kind]
+    if mask_kind == "causal" and Lq == 1:
+        own = None
+    # reference: every row holds the prefix; the prefix is visible to every query
+    kf = mx.concatenate([mx.broadcast_to(kp, (B, Hk, P, D)), k], axis=2)
+    vf = mx.concatenate([mx.broadcast_to(vp, (B, Hk, P, D)), v], axis=2)
+    if own is None:
+        full = None
+    elif isinstance(own, str):
+        full = mx.array(np.asarray(kernels.causal_keep(Lq, P + Lk)))
+    else:
+        pad = np.ones((B, 1, Lq, P), bool) if own.dtype == mx.bool_ else np.zeros((B, 1, Lq, P), np.float32)
+        full = mx.concatenate([mx.array(pad), own], axis=-1)
+    ref = mx.fast.scaled_dot_product_attention(q, kf, vf, scale=D ** -0.5, mask=full)
+    got = kernels.attention(q, k, v, D ** -0.5, own, prefix=(kp, vp))
+    np.testing.assert_allclose(np.array(got), np.array(ref), atol=2e-6)
+
+
+def test_decode_steps_on_a_shared_prefix_cache_equal_the_model_with_full_rows():
+    """Rows = prefix + their own tokens: mlx-lm's model on a left-padded cache of whole rows vs mlxhv's blocks
+    on the prefix held once, while rows join (extend) and leave (filter)."""
+    model = tiny_model(seed=5, layers=2)
+    prefix, own = [7, 3, 9, 1, 4], [[1, 5, 9, 3], [4, 8], [2, 11, 7, 6, 5]]
+
+    def row_cache(tokens):
+        c = [KVCache() for _ in model.layers]
+        model.model(mx.array(tokens)[None], cache=c)
+        return c
+
+    def full(rows):
+        per_row = [row_cache(prefix + r) for r in rows]
+        return [BatchKVCache.merge([p[layer] for p in per_row]) for layer in range(len(model.layers))]
+
+    def shared(rows):
+        pre = row_cache(prefix)
+        per_row = [row_cache(prefix + r) for r in rows]
+        P = len(prefix)
+        out = []
+        for layer in range(len(model.layers)):
+            tails = []
+            for p in per_row:
+                t = KVCache()
+                t.keys, t.values, t.offset = p[layer].keys[..., P:p[layer].offset, :], \
+                    p[layer].values[..., P:p[layer].offset, :], p[layer].offset - P
+                tails.append(t)
+            out.append(kernels.SharedPrefixCache(pre[layer].keys[..., :P, :], pre[layer].values[..., :P, :],
+                                                 BatchKVCache.merge(tails)))
+        return out
+
+    ref_cache, our_cache = full(own[:2]), shared(own[:2])
+    y = mx.array([[3], [9]])
+    for step in range(5):
+        if step == 2:  # a third row joins
+            for c, o in zip(ref_cache, full(own[2:])):
+                c.extend(o)
+            for c, o in zip(our_cache, shared(own[2:])):
+                c.extend(o)
+            y = mx.concatenate([y, mx.array([[6]])])
+        if step == 4:  # the first row leaves
+            for c in ref_cache + our_cache:
+                c.filter(mx.array([1, 2]))
+            y = y[1:]
+        ref = model.model(y, cache=ref_cache)
+        ours = kernels.hidden_states(model, y, our_cache)
+        np.testing.assert_allclose(np.array(ours), np.array(ref), atol=1e-5)
+        y = mx.argmax(model.model.embed_tokens.as_linear(ref), axis=-1)
+    with pytest.raises(ValueError, match="SharedPrefixCache"):
+        kernels.hidden_states(model, y, our_cache, fast=False)
