@@ -262,7 +262,7 @@ def sample(logits: mx.array, settings: GenerationSettings, step_keys: list[mx.ar
     """Next tokens and their log-probs: logits (B, V) → y (B,), log p(y) (B,) under softmax(logits / T)."""
     logits = logits.astype(mx.float32)
     t = settings.temperature if settings.temperature > 0 else 1.0
-    logp = logits / t - mx.logsumexp(logits / t, axis=-1, keepdims=True)  # (B, V)
+    logp = logits / t - kernels.logsumexp(logits / t)  # (B, V)
     if settings.temperature <= 0:
         y = mx.argmax(logits, axis=-1)
     else:

@@ -171,3 +171,12 @@ def test_decode_steps_on_a_shared_prefix_cache_equal_the_model_with_full_rows():
         y = mx.argmax(model.model.embed_tokens.as_linear(ref), axis=-1)
     with pytest.raises(ValueError, match="SharedPrefixCache"):
         kernels.hidden_states(model, y, our_cache, fast=False)
+
+
+def test_logsumexp_matches_float64():
+    x = np.random.default_rng(0).normal(scale=8.0, size=(5, 49152)).astype(np.float32)
+    x[1] -= 300.0  # far from 0: the row max is taken out first
+    ref = np.log(np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) + x.max(-1, keepdims=True)
+    got = np.array(kernels.logsumexp(mx.array(x)))
+    mlx_err = np.abs(np.array(mx.logsumexp(mx.array(x), axis=-1, keepdims=True)) - ref)
+    assert (np.abs(got - ref) <= 2 * mlx_err + 2e-6).all()
