@@ -330,19 +330,21 @@ def _available_bytes() -> int:
 
 
 def fit_batch_size(model, ids: list[list[int]], budgets: list[int], batch_size: int,
-                   available: int | None = None) -> int:
+                   available: int | None = None, shared_prefix: int = 0) -> int:
     """The largest batch size ≤ `batch_size` whose KV cache fits: a row takes kv_bytes_per_token ×
-    (longest prompt + largest budget, rounded up to the cache's 256-position step), and a refill briefly holds
-    the batch twice (old and extended copy); the total must stay under 90 % of the available memory. Lowers
-    the batch with a warning that gives the numbers, or refuses (SettingsError) when one row does not fit."""
+    (longest prompt + largest budget, less a `shared_prefix` held once, rounded up to the cache's 256-position
+    step), and a refill briefly holds the batch twice (old and extended copy); the total, plus the shared
+    prefix, must stay under 90 % of the available memory. Lowers the batch with a warning that gives the
+    numbers, or refuses (SettingsError) when one row does not fit."""
     per_token = kv_bytes_per_token(model)
-    positions = -(-(max(map(len, ids)) + max(budgets)) // 256) * 256
+    positions = -(-(max(map(len, ids)) + max(budgets) - shared_prefix) // 256) * 256
     row = per_token * positions
     available = _available_bytes() if available is None else available
-    limit = _MEMORY_HEADROOM * available
+    limit = _MEMORY_HEADROOM * available - per_token * shared_prefix
     fits = int(limit // (2 * row))
+    held_once = f" + a shared prefix of {shared_prefix} positions held once" if shared_prefix else ""
     numbers = (f"{positions} positions × {per_token / 1e3:.1f} kB = {row / 1e6:.1f} MB per row (×2 during a "
-               f"refill); {available / 1e9:.2f} GB available, {_MEMORY_HEADROOM:.0%} of it usable")
+               f"refill){held_once}; {available / 1e9:.2f} GB available, {_MEMORY_HEADROOM:.0%} of it usable")
     if fits < 1:
         raise SettingsError(f"the KV cache does not fit in memory even for one row: {numbers}; shorten the prompts "
                             "or lower max_tokens (memory_check=False skips this check)")
@@ -354,6 +356,12 @@ def fit_batch_size(model, ids: list[list[int]], budgets: list[int], batch_size: 
 
 
 # ------------------------------------------------------------------------------------------ the batch
+
+
+def _splits_prefix(model, settings: GenerationSettings, prefix_len: int) -> bool:
+    """Decode steps read the shared prefix's KV once for all rows (kernels.SharedPrefixCache) where mlxhv's own
+    blocks run; elsewhere every row holds a copy of it."""
+    return prefix_len > 0 and settings.fast_kernels and kernels.supported(model)
 
 
 class _Batch:
@@ -374,9 +382,7 @@ class _Batch:
             self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step,
                                          settings.fast_kernels)
             stats.prompt_tokens += prefix_len
-        # decode steps read the prefix's KV once for all rows (kernels.SharedPrefixCache) where mlxhv's own
-        # blocks run; elsewhere every row holds a copy of it
-        self.split = self.prefix is not None and settings.fast_kernels and kernels.supported(model)
+        self.split = _splits_prefix(model, settings, prefix_len)
 
     def live(self) -> int:
         return sum(not r.spent for r in self.rows)
@@ -536,7 +542,8 @@ def generate(model, tokenizer, prompts: list[list[int] | str], settings: Generat
     with _blas.threads(settings.decode_threads), \
             tqdm(total=len(ids), unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
         if todo and settings.memory_check:
-            fit = fit_batch_size(model, [ids[i] for i in todo], [budgets[i] for i in todo], settings.batch_size)
+            fit = fit_batch_size(model, [ids[i] for i in todo], [budgets[i] for i in todo], settings.batch_size,
+                                 shared_prefix=prefix_len if _splits_prefix(model, settings, prefix_len) else 0)
             settings = dataclasses.replace(settings, batch_size=fit)
         stats.batch_size = settings.batch_size
         empty = [i for i in range(len(ids)) if budgets[i] == 0]

@@ -234,6 +234,14 @@ def test_memory_check_lowers_the_batch_or_refuses(smollm):
         assert fit_batch_size(model, ids, budgets, 16, available=available) == 5
     with pytest.raises(SettingsError, match="does not fit in memory even for one row: 512 positions"):
         fit_batch_size(model, ids, budgets, 16, available=row)
+    # a shared prefix of 60 positions is held once: rows of 300 + 200 - 60 -> 512 positions, + 60 once
+    available = int((2 * row * 5 + per_token * 60) / 0.9) + 1
+    with pytest.warns(UserWarning, match="lowered from 16 to 5.*shared prefix of 60 positions held once"):
+        assert fit_batch_size(model, ids, budgets, 16, available=available, shared_prefix=60) == 5
+    row = per_token * 256  # 300 + 200 - 250 -> 256 positions
+    available = int((2 * row * 7 + per_token * 250) / 0.9) + 1
+    with pytest.warns(UserWarning, match="lowered from 16 to 7"):
+        assert fit_batch_size(model, ids, budgets, 16, available=available, shared_prefix=250) == 7
 
 
 def test_repeated_prompts_share_one_prefill(smollm, chat_prompts):
