@@ -45,6 +45,7 @@ from mlxhv.errors import SettingsError
 # nothing after: for these, prompt passes skip the vocabulary projection and decode steps compute it once.
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "smollm3"}
 _MEMORY_HEADROOM = 0.9  # fraction of available memory the KV cache may take
+_SPLIT_MIN_ROWS = 8     # live rows from which holding the shared prefix once is faster (measured break-even)
 
 
 @dataclass
@@ -358,10 +359,12 @@ def fit_batch_size(model, ids: list[list[int]], budgets: list[int], batch_size: 
 # ------------------------------------------------------------------------------------------ the batch
 
 
-def _splits_prefix(model, settings: GenerationSettings, prefix_len: int) -> bool:
+def _splits_prefix(model, settings: GenerationSettings, prefix_len: int, rows: int) -> bool:
     """Decode steps read the shared prefix's KV once for all rows (kernels.SharedPrefixCache) where mlxhv's own
-    blocks run; elsewhere every row holds a copy of it."""
-    return prefix_len > 0 and settings.fast_kernels and kernels.supported(model)
+    blocks run and at least _SPLIT_MIN_ROWS rows can share it (below that, its extra ~15 ops a layer cost more
+    than the KV reads they save: benchmarks/bench_decode_step.py); otherwise every row holds a copy."""
+    return (prefix_len > 0 and min(settings.batch_size, rows) >= _SPLIT_MIN_ROWS and settings.fast_kernels
+            and kernels.supported(model))
 
 
 class _Batch:
@@ -382,7 +385,7 @@ class _Batch:
             self.prefix = prefill_prefix(model, waiting[0].prompt[:prefix_len], settings.prefill_step,
                                          settings.fast_kernels)
             stats.prompt_tokens += prefix_len
-        self.split = _splits_prefix(model, settings, prefix_len)
+        self.split = _splits_prefix(model, settings, prefix_len, len(waiting))
 
     def live(self) -> int:
         return sum(not r.spent for r in self.rows)
@@ -542,8 +545,11 @@ def generate(model, tokenizer, prompts: list[list[int] | str], settings: Generat
     with _blas.threads(settings.decode_threads), \
             tqdm(total=len(ids), unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
         if todo and settings.memory_check:
-            fit = fit_batch_size(model, [ids[i] for i in todo], [budgets[i] for i in todo], settings.batch_size,
-                                 shared_prefix=prefix_len if _splits_prefix(model, settings, prefix_len) else 0)
+            todo_ids, todo_budgets = [ids[i] for i in todo], [budgets[i] for i in todo]
+            shared = prefix_len if _splits_prefix(model, settings, prefix_len, len(todo)) else 0
+            fit = fit_batch_size(model, todo_ids, todo_budgets, settings.batch_size, shared_prefix=shared)
+            if shared and fit < _SPLIT_MIN_ROWS:  # too few rows to hold the prefix once: every row holds a copy
+                fit = fit_batch_size(model, todo_ids, todo_budgets, settings.batch_size)
             settings = dataclasses.replace(settings, batch_size=fit)
         stats.batch_size = settings.batch_size
         empty = [i for i in range(len(ids)) if budgets[i] == 0]
