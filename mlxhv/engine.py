@@ -6,9 +6,9 @@ per-layer `BatchKVCache` (mlx-lm's: per-row RoPE offsets, a left-padding mask, `
     shared prefix: the longest common prefix P of all prompts, prefilled once ──► KV (1, P)
     admit n rows:  per row, KV (1, P) + prompt[P:-1] in one pass (no padding) ──► `BatchKVCache.merge` (left-
                    padded) ──► `extend` the live batch; the row's last prompt token is its first decode input.
-                   Where mlxhv's own blocks run (a CPU, llama), the batch cache holds only each row's positions
-                   after P and decode steps read the prefix's KV once for all rows (`kernels.SharedPrefixCache`);
-                   elsewhere every row holds a copy of it
+                   Where mlxhv's own blocks run (a CPU, llama) and at least 8 rows can share the prefix, the
+                   batch cache holds only each row's positions after P and decode steps read the prefix's KV
+                   once for all rows (`kernels.SharedPrefixCache`); otherwise every row holds a copy of it
     decode step:   y (B, 1) ──model + cache──► logits (B, V) ──sample──► y (B,), log p(y) (B,)
     refill:        rows that finish (EOS, stop id, their own max_tokens) leave the batch (`filter`); once a
                    quarter of the slots are free, waiting prompts are admitted into them
