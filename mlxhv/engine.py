@@ -178,7 +178,8 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 
 def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 512, fast: bool = True) -> list:
     """KV cache of one token sequence, computed once: a batch-1 mlx-lm `KVCache` per layer holding keys and
-    values (1, n_kv, P, D) for positions 0..P-1; `prefill_row(model, body, cache)` continues it for one row."""
+    values (1, n_kv, P, D) for positions 0..P-1, trimmed to exactly P and contiguous (every row that starts from
+    it, and a `SharedPrefixCache`, uses them as they are); `prefill_row(model, body, cache)` continues it."""
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
@@ -186,6 +187,9 @@ def prefill_prefix(model: nn.Module, tokens: Sequence[int], prefill_step: int = 
     for start in range(0, ids.shape[1], prefill_step):
         _fill(model, ids[:, start:start + prefill_step], cache, fast)
         mx.eval([c.state for c in cache])
+    for c in cache:
+        c.keys, c.values = mx.contiguous(c.keys[..., :c.offset, :]), mx.contiguous(c.values[..., :c.offset, :])
+    mx.eval([c.state for c in cache])
     return cache
 
 
@@ -231,11 +235,7 @@ def merge_rows(rows: list[list], skip: int = 0) -> list:
 def split_prefix(prefix: list, merged: list) -> list:
     """Per layer, a `kernels.SharedPrefixCache`: the prefix's keys and values (from `prefill_prefix`) once, and
     the rows' own positions in `merged` (from `merge_rows(..., skip=P)`)."""
-    out = []
-    for p, m in zip(prefix, merged):
-        P = p.offset
-        out.append(kernels.SharedPrefixCache(mx.contiguous(p.keys[..., :P, :]), mx.contiguous(p.values[..., :P, :]), m))
-    return out
+    return [kernels.SharedPrefixCache(p.keys, p.values, m) for p, m in zip(prefix, merged)]
 
 
 def _extend(cache: list | None, other: list) -> list:
