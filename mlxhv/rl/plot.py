@@ -62,8 +62,10 @@ def plot_sft(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     plt = _pyplot()
     if plt is None:
         return None
-    steps, vals = read_sft_metrics(run_dir)
-    out = Path(out) if out else Path(run_dir) / "curves.png"
+    return _draw_sft(plt, *read_sft_metrics(run_dir), Path(out) if out else Path(run_dir) / "curves.png")
+
+
+def _draw_sft(plt, steps: list[dict], vals: list[dict], out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     xs = [r["step"] for r in steps]
     axes[0].plot(xs, [r["loss"] for r in steps], lw=0.7, alpha=0.5, label="train (batch)")
@@ -89,15 +91,17 @@ def plot_sft(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """Write the curves PNG (an SFT run's through `plot_sft`); returns its path, or None when matplotlib is
+    """Write the curves PNG (an SFT run's as `plot_sft` draws it); returns its path, or None when matplotlib is
     missing."""
     plt = _pyplot()
     if plt is None:
         return None
     steps, evals = read_metrics(run_dir)
-    if not steps and read_sft_metrics(run_dir)[0]:
-        return plot_sft(run_dir, out)
     out = Path(out) if out else Path(run_dir) / "curves.png"
+    if not steps:
+        sft_steps, sft_vals = read_sft_metrics(run_dir)
+        if sft_steps:
+            return _draw_sft(plt, sft_steps, sft_vals, out)
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     xs = [r["step"] for r in steps]
     for ax, (key, title) in zip(axes.flat, PANELS):
