@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import App
+from mlxhv.cli.common import App
 from mlxhv import __version__
 
 
@@ -15,7 +15,7 @@ def main():
 
 
 def _register():
-    from cli import data, datagen, eval as eval_cmd, judge, models, serve, train
+    from mlxhv.cli import data, datagen, eval as eval_cmd, judge, models, serve, train
 
     data.data.add_command(datagen.topics)
     data.data.add_command(datagen.generate)

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from cli.judge import judge_options, load_judge
+from mlxhv.cli.judge import judge_options, load_judge
 
 
 @click.command("serve")

@@ -87,7 +87,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def mlxhv(*args: str, log: Path) -> tuple[int, str]:
     """Run the mlxhv CLI in a subprocess; return (status, combined output), also appended to `log`."""
-    cmd = [sys.executable, "-c", "from cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from mlxhv.cli import main; main()", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print("$ mlxhv " + " ".join(args), flush=True)
     t0 = time.time()

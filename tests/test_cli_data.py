@@ -2,7 +2,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli import main
+from mlxhv.cli import main
 
 
 def run(*args):

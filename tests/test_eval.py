@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from mlxhv.cli import main
 from mlxhv.data import synth_examples
 from mlxhv.eval import EvalError, EvalSettings, evaluate, format_compare, generation_preset, read_predictions, verdict
 from mlxhv.eval.report import NOT_NEEDED, WORTH

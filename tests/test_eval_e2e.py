@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli import main
+from mlxhv.cli import main
 from mlxhv.data import synth_examples, write_jsonl
 from mlxhv.eval import EvalSettings, evaluate
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from mlxhv.cli import main
 from loopback_openai import LoopbackOpenAI, error, example_draft, qa_verdict, reply
 from mlxhv.data.io import load_examples
 from mlxhv.data.stats import balance_targets
@@ -96,7 +96,7 @@ def generate_args(topics_file, out, srv, n=20):
 def spawn_cli(args):
     """`mlxhv ARGS` in a subprocess, stdout and stderr together."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], env=env,
+    return subprocess.Popen([sys.executable, "-c", "from mlxhv.cli import main; main()", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

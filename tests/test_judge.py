@@ -183,10 +183,10 @@ def test_judge_file_resumes_and_reports_bad_lines(base_judge, tmp_path):
 
 
 def test_cli_judge_stdin_to_stdout(base_judge, monkeypatch, tmp_path):
-    import cli.judge
-    from cli import main
+    import mlxhv.cli.judge
+    from mlxhv.cli import main
 
-    monkeypatch.setattr(cli.judge, "load_judge", lambda *a, **k: base_judge)
+    monkeypatch.setattr(mlxhv.cli.judge, "load_judge", lambda *a, **k: base_judge)
     recs = _records(synth_examples(2, seed=8))
     text = json.dumps(recs[0]) + "\n{oops\n" + json.dumps(recs[1]) + "\n"
     result = CliRunner().invoke(main, ["judge", "-"], input=text)
@@ -204,7 +204,7 @@ def test_cli_judge_resumes_after_sigkill(smollm_dir, tmp_path):
     recs = _records(synth_examples(6, seed=21))
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(src, recs)
-    cmd = [sys.executable, "-c", "from cli import main; main()", "judge", str(src), "-o", str(out),
+    cmd = [sys.executable, "-c", "from mlxhv.cli import main; main()", "judge", str(src), "-o", str(out),
            "--precision", "float32", "--answer-prefix", "json", "--max-tokens", "3", "--batch-size", "2", "-q"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)

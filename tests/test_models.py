@@ -126,7 +126,7 @@ def test_float32_fast_path_gives_the_quantised_greedy_tokens(smollm, smollm_quan
 def test_import_gguf_cli_and_cache_reuse(tmp_path, smollm_dir, smollm_quantized):
     import mlx_lm
 
-    from cli import main
+    from mlxhv.cli import main
 
     gguf = resolve("smollm2-135m").gguf
     out = tmp_path / "smol"
@@ -222,7 +222,7 @@ def test_fast_blas_is_active_and_does_not_leak():
 
 
 def test_cli_models_list_doctor_generate(smollm):
-    from cli import main
+    from mlxhv.cli import main
 
     r = CliRunner().invoke(main, ["models", "list", "--json"])
     assert r.exit_code == 0, r.output

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli import main
+from mlxhv.cli import main
 from mlxhv.prompts import JSON_ANSWER_PREFIX
 from mlxhv.rl.judge import decisions_by_gold, format_decisions
 

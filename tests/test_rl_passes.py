@@ -94,7 +94,7 @@ def test_settings_that_cannot_apply_are_refused(kw, message):
 def test_cli_refuses_them_with_one_error_line(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from mlxhv.cli import main
 
     r = CliRunner().invoke(main, ["train", "ppo", "--samples-per-prompt", "8", "--minibatch-size", "4",
                                   "--print-config"])

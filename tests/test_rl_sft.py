@@ -231,7 +231,7 @@ def test_resume_replays_the_run(tiny_dir, tiny_data, tmp_path):
 def test_cli_print_config_and_errors(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from mlxhv.cli import main
 
     cfg = tmp_path / "sft.json"
     cfg.write_text(json.dumps({"steps": 7, "lora": {"rank": 4, "num_layers": 2}}))
