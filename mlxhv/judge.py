@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlxhv.data.io import LineError, pydantic_errors
 from mlxhv.errors import DataError, MlxhvError, SettingsError
-from mlxhv.eval.evaluator import completion_prediction, generation_preset
+from mlxhv.answer import completion_prediction
+from mlxhv.eval.evaluator import generation_preset
 from mlxhv.prompts import (PromptConfig, load_system_prompt, prompt_opens_think, read_prompt_config, render_prompt,
                            resolve_answer_prefix)
 from mlxhv.schema import Evidence, Prediction

@@ -76,7 +76,12 @@ class Prediction(_Strict):
 
     id: str
     decision: Union[Decision, Literal["INVALID"]]
+    # The confidence returned: the model's probability of its decision word when known, else the stated number
+    # (`confidence_source` says which; mlxhv.answer). Files written before `confidence_source` existed hold the
+    # stated number here.
     confidence: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    stated_confidence: Optional[float] = Field(default=None, ge=0.0, le=1.0)  # the number the answer wrote
+    confidence_source: Optional[Literal["decision_prob", "stated"]] = None
     refined_hypothesis: Optional[str] = None
     raw: str = ""
     prompt_tokens: int = 0
@@ -90,6 +95,12 @@ class Prediction(_Strict):
     @property
     def is_valid(self) -> bool:
         return self.decision != INVALID
+
+    @property
+    def stated(self) -> Optional[float]:
+        """The number the answer stated (for files of either layout)."""
+        legacy = self.confidence_source is None and self.stated_confidence is None
+        return self.confidence if legacy else self.stated_confidence
 
 
 class Topic(_Strict):

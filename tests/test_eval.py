@@ -272,7 +272,7 @@ class ChunkTokenizer:
 
 
 def test_decision_span_rules():
-    from mlxhv.eval.tokenprob import decision_span
+    from mlxhv.answer import decision_span
 
     assert decision_span('VALIDATED", "confidence": 0.9}', "VALIDATED", at_start=True) == (0, 9)
     assert decision_span(' validated"}', "VALIDATED", at_start=True) == (1, 10)
@@ -288,7 +288,7 @@ def test_decision_span_rules():
 
 
 def test_decision_prob_sums_the_tokens_that_spell_the_word():
-    from mlxhv.eval.tokenprob import decision_prob, token_range
+    from mlxhv.answer import decision_prob, token_range
 
     tok = FakeTokenizer()  # one token per character
     text = 'REJECTED", "confidence": 0.4}'
@@ -341,6 +341,21 @@ def test_decision_prob_is_stored_and_scored(tmp_path):
     assert "## Calibration per predicted class" in report and "Better calibrated" in report
     assert "AUROC, decision-token prob" in report
     assert run.predictions[0].decision_prob == pytest.approx(q)
+    # the returned confidence is the decision-token probability; the stated 0.4 is kept beside it
+    assert [x["confidence"] for x in saved] == [pytest.approx(q)] * 6
+    assert {(x["stated_confidence"], x["confidence_source"]) for x in saved} == {(0.4, "decision_prob")}
+    assert m["ece_returned"] == pytest.approx(abs(acc - q))
+
+
+def test_returned_confidence_falls_back_to_the_stated_one_and_reads_old_files():
+    from mlxhv.answer import completion_prediction
+    from mlxhv.schema import Prediction
+
+    comp = FakeCompletion('REJECTED", "confidence": 0.4}', [1, 2, 3], prompt_tokens=5)  # no log-probs
+    p = completion_prediction("a", comp, answer_prefix='{"decision": "', tokenizer=FakeTokenizer())
+    assert (p.confidence, p.stated_confidence, p.confidence_source, p.stated) == (0.4, 0.4, "stated", 0.4)
+    old = Prediction.model_validate({"id": "a", "decision": "REJECTED", "confidence": 0.8, "decision_prob": 0.6})
+    assert old.stated == 0.8  # a file written before confidence_source held the stated number as confidence
 
 
 # ------------------------------------------------------------------------------- adapter prompt settings

@@ -68,8 +68,9 @@ def test_decision_prob_matches_a_separate_forward_pass(smollm):
     import pytest
 
     from mlxhv.engine import GenerationSettings, generate
-    from mlxhv.eval.tokenprob import decision_prob
-    from mlxhv.prompts import JSON_ANSWER_PREFIX, parse_answer, render_prompt
+    from mlxhv.answer import decision_prob
+    from mlxhv.answer import parse_answer
+    from mlxhv.prompts import JSON_ANSWER_PREFIX, render_prompt
 
     model, tokenizer = smollm
     prompts = [render_prompt(tokenizer, ex, answer_prefix=JSON_ANSWER_PREFIX) for ex in synth_examples(2, seed=2)]

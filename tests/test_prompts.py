@@ -3,9 +3,11 @@
 import pytest
 
 from mlxhv.data import synth_examples
+from mlxhv.answer import (
+    _DECISION_ALIASES, json_objects, normalize_confidence, normalize_decision, parse_answer, strip_think,
+)
 from mlxhv.prompts import (
-    _DECISION_ALIASES, JSON_ANSWER_PREFIX, SYSTEM_PROMPT, build_messages, json_objects, normalize_confidence,
-    normalize_decision, parse_answer, prompt_opens_think, render_prompt, resolve_answer_prefix, strip_think,
+    JSON_ANSWER_PREFIX, SYSTEM_PROMPT, build_messages, prompt_opens_think, render_prompt, resolve_answer_prefix,
 )
 from mlxhv.schema import DECISIONS, INVALID
 

@@ -11,7 +11,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlxhv.errors import SettingsError
-from mlxhv.prompts import JSON_ANSWER_PREFIX, parse_answer
+from mlxhv.answer import parse_answer
+from mlxhv.prompts import JSON_ANSWER_PREFIX
 from mlxhv.rl.lora import LoRASettings, apply_lora, lora_layers
 from mlxhv.rl.sft import (FrozenTrunk, SFTSettings, answer_loss, answer_text, common_prefix, make_batch,
                           train_sft)

@@ -55,3 +55,25 @@ def drop_overlap(examples: list[Example], others: list[Example]) -> list[Example
     holdout shares no prompt with a training set."""
     seen = {content_key(e) for e in others}
     return [e for e in examples if content_key(e) not in seen]
+
+
+def group_split(examples: list[Example], holdout: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split by claim group (`metadata.topic`): every group goes wholly to one side, so no claim is in both.
+
+    Groups are ordered by name, shuffled with `random.Random(f"{seed}:groups")`, and taken into the holdout until
+    it holds at least round(n * holdout) examples. Return (train, holdout), each in the input order."""
+    if not 0.0 < holdout < 1.0:
+        raise SettingsError(f"holdout must be in (0, 1), got {holdout}")
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        groups[e.metadata.topic].append(e)
+    if len(groups) < 2:
+        raise SettingsError(f"a group split needs at least 2 groups (metadata.topic), found {len(groups)}")
+    names = sorted(groups)
+    random.Random(f"{seed}:groups").shuffle(names)
+    target, held = round(len(examples) * holdout), set()
+    for name in names[:-1]:
+        if sum(len(groups[g]) for g in held) >= target:
+            break
+        held.add(name)
+    return ([e for e in examples if e.metadata.topic not in held], [e for e in examples if e.metadata.topic in held])

@@ -14,7 +14,7 @@ from mlxhv.eval.metrics import (
     per_class_prf, quality_metrics, reliability_bins,
 )
 from mlxhv.eval.report import NOT_NEEDED, WORTH, format_compare, format_report, plot_reliability, verdict
-from mlxhv.eval.tokenprob import decision_prob
+from mlxhv.answer import decision_prob
 
 __all__ = [
     "GENERATION_PRESETS", "EvalError", "EvalSettings", "Run", "evaluate", "generation_preset", "load_run",

@@ -35,9 +35,9 @@ from mlxhv import distributed
 from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail, write_json_atomic
 from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
 from mlxhv.eval.metrics import compute_metrics, correctness, paired_outcomes
-from mlxhv.eval.tokenprob import decision_prob
-from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, parse_answer, prompt_opens_think,
-                           read_prompt_config, render_prompt, resolve_answer_prefix)
+from mlxhv.answer import completion_prediction
+from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, prompt_opens_think, read_prompt_config,
+                           render_prompt, resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
 
 PREDICTIONS = "predictions.jsonl"
@@ -318,22 +318,6 @@ def _shard(todo: list, tokenizer, settings: EvalSettings) -> list:
     system_prompt = settings.system_prompt_text()
     lengths = [len(render_prompt(tokenizer, ex, system_prompt, answer_prefix=settings.answer_prefix)) for ex in todo]
     return [todo[i] for i in distributed.shard(len(todo), key=lambda i: (-lengths[i], todo[i].id))]
-
-
-def completion_prediction(id: str, completion, answer_prefix: str = "", in_think: bool = False,
-                          latency_s: float = 0.0, tokenizer=None) -> Prediction:
-    """The Prediction for one engine `Completion`: the parser reads `answer_prefix + completion.text`, which is
-    kept as `raw`; `truncated` when the token budget, not EOS, ended it. With `tokenizer`, `decision_prob` is the
-    model's probability of the decision word (`tokenprob.decision_prob`). (Shared with mlxhv.judge.)"""
-    raw = answer_prefix + completion.text
-    parsed = parse_answer(raw, in_think=in_think)
-    prob = None
-    if tokenizer is not None:
-        prob = decision_prob(tokenizer, completion.tokens, completion.logprobs, parsed.decision, answer_prefix)
-    return Prediction(
-        id=id, decision=parsed.decision, confidence=parsed.confidence, refined_hypothesis=parsed.refined_hypothesis,
-        raw=raw, prompt_tokens=completion.prompt_tokens, completion_tokens=len(completion.tokens),
-        truncated=completion.finish_reason == "length", latency_s=round(latency_s, 4), decision_prob=prob)
 
 
 def _generate(model, tokenizer, todo, settings, out_dir, generate_fn, new_preds, n_done, n_total) -> dict:

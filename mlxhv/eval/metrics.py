@@ -22,6 +22,8 @@ Conventions (one place, used everywhere):
 - AUROC of a confidence is how well it ranks right answers above wrong ones (Mann-Whitney, ties count ½); it is
   over the scored confidences of every example, like ECE (`auroc_answered`: answered only). Undefined (NaN from
   `auroc`, null in metrics.json) when every example is right or every one is wrong.
+- The *returned* confidence, `Prediction.confidence` (`ece_returned`, `brier_returned`, `auroc_returned`), is
+  the decision-token probability where known, else the stated number (mlxhv.answer).
 - Two confidences are scored: the *stated* one (`ece`, `brier`, `auroc`) and the model's own probability of its
   decision word, `Prediction.decision_prob` (`ece_token`, `brier_token`, `auroc_token`; mlxhv.eval.tokenprob),
   with the same conventions (INVALID or unknown → 0). `better_calibrated` names the one with the lower ECE.
@@ -316,10 +318,14 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
     exs = [by_id[p.id] for p in preds]
     gold = [ex.expected_decision.value for ex in exs]
     pred = [p.decision.value if hasattr(p.decision, "value") else str(p.decision) for p in preds]
-    conf = [p.confidence for p in preds]
+    conf = [p.stated for p in preds]
     tok = [getattr(p, "decision_prob", None) for p in preds]
 
     out = quality_metrics(gold, pred, conf, n_bins, decision_prob=tok)
+    returned = scored_confidences(pred, [p.confidence for p in preds])  # what the judge returns (Prediction doc)
+    ok_all = correctness(gold, pred)
+    out.update(ece_returned=ece(returned, ok_all, n_bins), brier_returned=brier(returned, ok_all),
+               auroc_returned=_defined(auroc(returned, ok_all)))
     out["n_examples"] = len(by_id)
     out["n_missing"] = len(by_id) - len(preds)
     for key, attr in (("by_domain", lambda e: e.metadata.domain), ("by_level", lambda e: e.metadata.difficulty_level)):

@@ -39,7 +39,7 @@ from mlxhv.errors import GenerateError
 from mlxhv.data.io import pydantic_errors
 from mlxhv.generate.drafts import SAMPLES
 from mlxhv.generate.ledger import Ledger
-from mlxhv.prompts import strip_think
+from mlxhv.answer import strip_think
 
 T = TypeVar("T")
 MODES = ("structured", "prompt")

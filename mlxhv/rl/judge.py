@@ -102,7 +102,7 @@ class JudgeTask:
 
     def score(self, i: int, completion) -> Scored:
         """Parse prefix + answer to example i's prompt, then `reward.reward` (formula in reward.py)."""
-        from mlxhv.prompts import parse_answer
+        from mlxhv.answer import parse_answer
 
         p = parse_answer(self.answer_prefix + completion.text)
         gold = self.labels[i]
@@ -160,7 +160,7 @@ def decisions_by_gold(run_dir: str | Path, every: int = 25) -> list[dict]:
     parsed after the run's answer prefix): [{"steps": [first, last], "counts": {gold: {decision: n}}}]. A judge
     that reads the evidence answers differently for different gold classes; one that does not, the same."""
     from mlxhv.data.io import iter_jsonl
-    from mlxhv.prompts import parse_answer
+    from mlxhv.answer import parse_answer
 
     run_dir = Path(run_dir)
     prefix = json.loads((run_dir / "settings.json").read_text()).get("answer_prefix", "")

@@ -75,6 +75,7 @@ class SFTSettings:
     synth: int = 0  # add this many `data synth` examples (every level) to the training set
     synth_seed: int = 0
     valid_fraction: float = 0.15  # stratified slice of the first training file held out for choosing checkpoints
+    valid: list[str] = field(default_factory=list)  # more validation files (e.g. a group split of a claim dataset)
     out: str = "runs/sft"
     # prompt (the same options as eval and PPO)
     system_prompt_file: str | None = None
@@ -111,7 +112,11 @@ class SFTSettings:
         if isinstance(self.train, (str, Path)):
             self.train = [str(self.train)]
         self.train = [str(p) for p in self.train]
+        self.valid = [str(p) for p in ([self.valid] if isinstance(self.valid, (str, Path)) else self.valid)]
         problems = []
+        clash = sorted(set(self.valid) & set(self.train))
+        if clash:
+            problems.append(f"valid: {clash[0]} is also a training file")
         if not self.train:
             problems.append("train: at least one training file")
         if self.steps < 1:
@@ -462,6 +467,14 @@ class _Run:
             rec.update(decision_accuracy=float(np.mean([g == p for g, p in zip(gold, pred)])),
                        decision_macro_f1=macro_f1(prf),
                        decision_recall={c: v.get("recall") for c, v in prf.items()})
+            domains = sorted({e.metadata.domain for e in self.val_examples})
+            if len(domains) > 1:  # e.g. a claim dataset beside the hand-written examples: each one's own figures
+                rec["by_domain"] = {}
+                for dom in domains:
+                    gp = [(g, p) for g, p, e in zip(gold, pred, self.val_examples) if e.metadata.domain == dom]
+                    dprf = per_class_prf([g for g, _ in gp], [p for _, p in gp])
+                    rec["by_domain"][dom] = {"n": len(gp), "decision_accuracy": float(np.mean([g == p for g, p in gp])),
+                                             "decision_macro_f1": macro_f1(dprf)}
         if self.s.val_generate:
             from mlxhv.eval import EvalSettings, evaluate
 
@@ -510,8 +523,8 @@ def _callback(run: _Run):
 
 
 def split_validation(settings: SFTSettings):
-    """(training examples, validation examples): a stratified `valid_fraction` of the first file is held out;
-    the other files and `synth` examples all train."""
+    """(training examples, validation examples): a stratified `valid_fraction` of the first file is held out,
+    and every `valid` file is added to it; the other training files and `synth` examples all train."""
     from mlxhv.data.io import load_examples
     from mlxhv.data.split import stratified_split
     from mlxhv.rl.curriculum import load_training_sets
@@ -521,8 +534,10 @@ def split_validation(settings: SFTSettings):
         kept, val = stratified_split(first, settings.valid_fraction, settings.seed)
     else:
         kept, val = first, []
-    rest = load_training_sets(settings.train[1:], settings.synth, settings.synth_seed, exclude=first) \
+    extra_val = load_training_sets(settings.valid) if settings.valid else []
+    rest = load_training_sets(settings.train[1:], settings.synth, settings.synth_seed, exclude=first + extra_val) \
         if (settings.train[1:] or settings.synth) else []
+    val = val + extra_val
     ids = {e.id for e in first}
     clash = [e.id for e in rest if e.id in ids]
     if clash:
