@@ -179,10 +179,11 @@ class Judge:
     def run_info(self) -> dict:
         """What a judgements file depends on; `judge_file` stores it beside OUT and refuses to resume OUT with a
         judge that differs (as eval's run.json)."""
-        from mlxhv.eval.evaluator import prompt_sha
+        from mlxhv.eval.evaluator import adapter_sha, prompt_sha
 
         g = self.settings
-        return {"model": self.name, "adapter": self.adapter, "answer_prefix": self.prompt.answer_prefix,
+        return {"model": self.name, "adapter": self.adapter, "adapter_sha": adapter_sha(self.adapter),
+                "answer_prefix": self.prompt.answer_prefix,
                 "prompt_sha": prompt_sha(self.prompt.system_prompt_text), "max_tokens": g.max_tokens,
                 "temperature": g.temperature, "top_p": g.top_p, "seed": g.seed}
 

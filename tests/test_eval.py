@@ -395,6 +395,10 @@ def test_adapter_prompt_settings_apply_unless_set(tmp_path):
     with pytest.raises(EvalError, match="answer_prefix"):
         evaluate(None, FakeTokenizer(), exs, _settings(adapter_path=str(adapter), answer_prefix=""), out_dir=out,
                  generate_fn=engine)
+    # retrained into the same folder: other weights, so the old answers are not resumed as the new model's
+    (adapter / "adapters.safetensors").write_bytes(b"new weights")
+    with pytest.raises(EvalError, match="adapter_sha"):
+        evaluate(None, FakeTokenizer(), exs, _settings(adapter_path=str(adapter)), out_dir=out, generate_fn=engine)
 
     # settings given explicitly win over the adapter's
     variant = tmp_path / "prompt.txt"

@@ -56,13 +56,32 @@ GENERATION_PRESETS = {
 }
 
 # Fields of EvalSettings a resumed run must share with the run that wrote predictions.jsonl.
-RESUME_KEYS = ("model", "precision", "adapter_path", "max_tokens", "temperature", "top_p", "seed", "answer_prefix",
-               "prompt_sha")
+# `adapter_sha` hashes the adapter's files, so retraining into the same folder never resumes the old answers.
+RESUME_KEYS = ("model", "precision", "adapter_path", "adapter_sha", "max_tokens", "temperature", "top_p", "seed",
+               "answer_prefix", "prompt_sha")
 
 
 def generation_preset(model: str) -> dict:
     """The generation defaults for a model name, path or preset (matched by family: 'qwq' in the name)."""
     return dict(GENERATION_PRESETS["qwq" if "qwq" in str(model).lower() else "default"])
+
+
+def adapter_sha(adapter_path) -> Optional[str]:
+    """A short sha256 over an adapter directory's files (weights, config, prompt settings), in name order; None
+    without an adapter. What the predictions depend on is the weights, not the folder's name."""
+    if not adapter_path:
+        return None
+    d = Path(adapter_path)
+    if not d.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(d.glob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".json", ".npz"):
+            h.update(f.name.encode() + b"\x00")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def prompt_sha(system_prompt: str = SYSTEM_PROMPT) -> str:
@@ -136,8 +155,9 @@ class EvalSettings:
         """run.json: the effective RESUME_KEYS values (prompt_sha hashes the system prompt text used), and the
         fields that came from the adapter's prompt settings (informational, not compared on resume)."""
         s = self.resolved()
-        return {**{k: getattr(s, k) for k in RESUME_KEYS if k != "prompt_sha"},
-                "prompt_sha": prompt_sha(s.system_prompt_text()), "prompt_from_adapter": list(s.from_adapter)}
+        return {**{k: getattr(s, k) for k in RESUME_KEYS if k not in ("prompt_sha", "adapter_sha")},
+                "adapter_sha": adapter_sha(s.adapter_path), "prompt_sha": prompt_sha(s.system_prompt_text()),
+                "prompt_from_adapter": list(s.from_adapter)}
 
 
 @dataclass
