@@ -13,24 +13,34 @@ from mlxhv.cli.judge import judge_options, load_judge
 @judge_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--max-batch", type=int, default=8, show_default=True,
-              help="Concurrent requests decoded together in one engine call.")
+@click.option("--max-batch", type=int, default=16, show_default=True,
+              help="Rows decoded together; requests join and leave the running batch between steps.")
 @click.option("--batch-wait", type=float, default=0.02, show_default=True,
-              help="Seconds an idle server waits after a request for others to batch with it.")
+              help="Seconds an idle server waits after a request for others to start with it.")
+@click.option("--max-connections", type=int, default=64, show_default=True,
+              help="Open client connections at most; beyond, 503 with Retry-After.")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="Requests waiting to join the batch at most; beyond, 429 with Retry-After.")
+@click.option("--request-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds from receiving a request to its reply; beyond, 504 and its row leaves the batch.")
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--model-name", default=None, help="The model id clients see (default: --model).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
               show_default=True)
 def serve(model, adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix, system_prompt_file,
-          max_prompt_tokens, host, port, max_batch, batch_wait, model_name, log_level):
+          max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue, request_timeout,
+          max_body_bytes, model_name, log_level):
     """Serve the judge to OpenAI clients: set base_url to http://HOST:PORT/v1 and send the input as the user
-    message, {"hypothesis": …, "evidence": [...]} in JSON."""
+    message, {"hypothesis": …, "evidence": [...]} in JSON. SIGTERM drains: requests in flight are answered, new
+    ones refused (503), then it exits."""
     from mlxhv.serve import ServeSettings, serve as run_server
 
     logging.basicConfig(level=getattr(logging, log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(host=host, port=port, max_batch=max_batch, batch_wait_s=batch_wait,
-                             model_name=model_name)
+                             max_connections=max_connections, max_queue=max_queue, request_timeout_s=request_timeout,
+                             max_body_bytes=max_body_bytes, model_name=model_name)
     j = load_judge(model, adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file,
                    max_prompt_tokens=max_prompt_tokens)
     run_server(j, settings, on_ready=lambda server: click.echo(
-        f"serving {server.model_name} at {server.base_url} (Ctrl-C stops)", err=True))
+        f"serving {server.model_name} at {server.base_url} (Ctrl-C stops, SIGTERM drains)", err=True))
