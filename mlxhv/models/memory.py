@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlxhv.models.errors import ModelLoadError
+from mlxhv.errors import ModelLoadError
 
 GB = 1e9
 HEADROOM = 0.9  # fraction of available memory the weights may take

