@@ -1,13 +1,17 @@
-"""Requests/s and latency of `mlxhv serve` for 1 vs 8 concurrent clients, over 127.0.0.1.
+"""Requests/s of `mlxhv serve` and of `mlx_lm.server` side by side, at 1, 4 and 16 concurrent clients, on the
+same float32 weights and the same judge prompts, over 127.0.0.1.
 
-    python benchmarks/bench_serve.py [--model smollm2-135m] [--adapter DIR] [--data data/holdout.jsonl]
-                                     [-n 16] [--clients 8] [--max-tokens 8] [--answer-prefix json]
+    python benchmarks/bench_serve.py [--model smollm2-135m] [--data data/holdout.jsonl] [-n 32]
+                                     [--clients 1,4,16] [--max-tokens 8] [--max-batch 16] [--skip-mlx-lm]
 
-One server (the real HTTP server and batcher, in this process) and the real `openai` client. Each setting sends
-the same `n` requests (the first `n` examples of the data file, a bounded loop): 1 client sends them one after
-another; `--clients` clients send them concurrently, so the server batches them (up to `--max-batch` per engine
-call). A warm-up request runs first. Latency is per request, as its client sees it (send to parsed reply).
-Prints a markdown table, then, as the last line, a JSON object with both settings and the `ratio` of requests/s.
+The script writes a float32 copy of the model (`mlx_lm convert -d --dtype float32`, once, into --workdir) and
+starts both servers on it as processes, each importing mlxhv first so both use the same BLAS (mlxhv._blas):
+`mlxhv serve --model DIR` and `mlx_lm.server --model DIR --decode-concurrency B --prompt-concurrency B`.
+mlxhv gets each example as the chat message it expects; mlx_lm.server gets the very prompt mlxhv renders (chat
+template, system prompt, answer prefix), decoded to text, on /v1/completions. Both decode greedily with the same
+max_tokens. For each client count the same `n` requests (the first n examples) are sent by that many threads
+using the `openai` client, after one warm-up request. Latency is per request, send to parsed reply.
+Prints a markdown table, then, as the last line, a JSON object with every run and the ratios.
 """
 
 from __future__ import annotations
@@ -15,8 +19,20 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
+
+import mlxhv  # noqa: F401  (before mlx: this process tokenizes only, but keeps the BLAS warning away)
+
+ROOT = Path(__file__).resolve().parents[1]
+MLXHV_LAUNCH = "import mlxhv\nfrom mlxhv.cli import main\nmain()"
+MLX_LM_LAUNCH = "import mlxhv\nimport sys\nsys.argv[0] = 'mlx_lm.server'\nfrom mlx_lm.server import main\nmain()"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -28,67 +44,135 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def run_setting(client, contents: list[str], clients: int, max_tokens: int) -> dict:
-    def one(content):
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def float32_dir(model: str, workdir: Path) -> Path:
+    """An mlx-lm directory of `model` in float32 (converted once)."""
+    from mlxhv.models import resolve
+    from mlxhv.models.loader import ensure_converted
+
+    out = workdir / "float32"
+    if not (out / "config.json").exists():
+        res = resolve(model)
+        src = res.path if res.path is not None else ensure_converted(res.gguf)
+        subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out),
+                        "-d", "--dtype", "float32"], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def start(code: str, args: list[str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"server did not start; see {log}")
+
+
+def run_setting(one, items: list, clients: int) -> dict:
+    def timed(item):
         t = time.perf_counter()
-        r = client.chat.completions.create(model="judge", messages=[{"role": "user", "content": content}],
-                                           max_tokens=max_tokens)
-        return time.perf_counter() - t, r.model_extra["prediction"]["decision"]
+        one(item)
+        return time.perf_counter() - t
 
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, contents))
+        lat = list(pool.map(timed, items))
     wall = time.perf_counter() - t0
-    lat = [x for x, _ in results]
-    return {"clients": clients, "requests": len(contents), "wall_s": round(wall, 2),
-            "requests_per_s": round(len(contents) / wall, 4), "p50_s": round(statistics.median(lat), 2),
-            "p95_s": round(percentile(lat, 0.95), 2), "decisions": [d for _, d in results]}
+    return {"clients": clients, "requests": len(items), "wall_s": round(wall, 2),
+            "requests_per_s": round(len(items) / wall, 4), "p50_s": round(statistics.median(lat), 2),
+            "p95_s": round(percentile(lat, 0.95), 2)}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--adapter", default=None)
-    ap.add_argument("--precision", default="auto")
     ap.add_argument("--data", default="data/holdout.jsonl")
-    ap.add_argument("-n", "--requests", type=int, default=16)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("-n", "--requests", type=int, default=32)
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--answer-prefix", default="json", help='"json" unless the adapter records its own')
+    ap.add_argument("--workdir", default="runs/bench_serve")
+    ap.add_argument("--skip-mlx-lm", action="store_true")
     args = ap.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    workdir = ROOT / args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
 
     import openai
+    from mlx_lm.utils import load_tokenizer
 
     from mlxhv.data import load_examples
-    from mlxhv.judge import Judge
-    from mlxhv.serve import ServeSettings, serving
+    from mlxhv.prompts import JSON_ANSWER_PREFIX, SYSTEM_PROMPT, render_prompt
 
-    examples = load_examples(args.data)[:args.requests]
+    model_dir = float32_dir(args.model, workdir)
+    tok = load_tokenizer(model_dir)
+    examples = load_examples(ROOT / args.data)[:args.requests]
     contents = [json.dumps({"hypothesis": e.hypothesis, "evidence": [v.model_dump() for v in e.evidence]})
                 for e in examples]
-    prefix = None if args.adapter else args.answer_prefix
-    judge = Judge.load(args.model, adapter=args.adapter, precision=args.precision, answer_prefix=prefix)
-    with serving(judge, ServeSettings(port=0, max_batch=args.max_batch)) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=3600)
-        run_setting(client, contents[:1], 1, args.max_tokens)  # warm-up
-        single = run_setting(client, contents, 1, args.max_tokens)
-        start = len(server.batcher.batches)
-        many = run_setting(client, contents, args.clients, args.max_tokens)
-        many["engine_batches"] = server.batcher.batches[start:]
-    same = sum(a == b for a, b in zip(single["decisions"], many["decisions"]))
-    ratio = many["requests_per_s"] / single["requests_per_s"]
-    print("| clients | requests | wall s | requests/s | p50 latency s | p95 latency s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in (single, many):
-        print(f"| {r['clients']} | {r['requests']} | {r['wall_s']} | {r['requests_per_s']} | {r['p50_s']} | "
-              f"{r['p95_s']} |")
-    print(f"\n{args.clients} clients vs 1: {ratio:.2f}x requests/s; engine batches {many['engine_batches']}; "
-          f"same decision {same}/{len(contents)}; model {args.model}, max_tokens {args.max_tokens}")
-    for r in (single, many):
-        del r["decisions"]
-    print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "single": single, "concurrent": many,
-                      "ratio": round(ratio, 3), "same_decisions": same}))
+    texts = [tok.decode(render_prompt(tok, e, SYSTEM_PROMPT, JSON_ANSWER_PREFIX)) for e in examples]
+
+    results: dict[str, list[dict]] = {}
+    port = free_port()
+    proc = start(MLXHV_LAUNCH, ["serve", "--model", str(model_dir), "--port", str(port), "--answer-prefix", "json",
+                                "--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
+                                "--max-queue", str(max(64, args.requests)), "--log-level", "WARNING"],
+                 port, workdir / "mlxhv.log")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=3600)
+
+        def ask_mlxhv(content):
+            client.chat.completions.create(model="judge", messages=[{"role": "user", "content": content}],
+                                           max_tokens=args.max_tokens, temperature=0)
+
+        ask_mlxhv(contents[0])
+        results["mlxhv serve"] = [run_setting(ask_mlxhv, contents, c) for c in clients]
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    if not args.skip_mlx_lm:
+        port = free_port()
+        proc = start(MLX_LM_LAUNCH, ["--model", str(model_dir), "--port", str(port), "--decode-concurrency",
+                                     str(args.max_batch), "--prompt-concurrency", str(args.max_batch),
+                                     "--log-level", "WARNING"], port, workdir / "mlx_lm.log")
+        try:
+            client2 = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=3600)
+
+            def ask_mlx_lm(text):
+                client2.completions.create(model=str(model_dir), prompt=text, max_tokens=args.max_tokens,
+                                           temperature=0)
+
+            ask_mlx_lm(texts[0])
+            results["mlx_lm.server"] = [run_setting(ask_mlx_lm, texts, c) for c in clients]
+        finally:
+            proc.terminate()
+            proc.wait(120)
+
+    print("| server | clients | requests | wall s | requests/s | p50 latency s | p95 latency s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, runs in results.items():
+        for r in runs:
+            print(f"| {name} | {r['clients']} | {r['requests']} | {r['wall_s']} | {r['requests_per_s']} | "
+                  f"{r['p50_s']} | {r['p95_s']} |")
+    ours = {r["clients"]: r["requests_per_s"] for r in results["mlxhv serve"]}
+    ratios = {f"mlxhv_{c}_vs_1": round(ours[c] / ours[clients[0]], 3) for c in clients}
+    if "mlx_lm.server" in results:
+        theirs = {r["clients"]: r["requests_per_s"] for r in results["mlx_lm.server"]}
+        ratios.update({f"vs_mlx_lm_at_{c}": round(ours[c] / theirs[c], 3) for c in clients})
+    print("\n" + ", ".join(f"{k} {v}x" for k, v in ratios.items()) +
+          f"; model {args.model} float32, max_tokens {args.max_tokens}, max_batch {args.max_batch}")
+    print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "runs": results, "ratios": ratios}))
 
 
 if __name__ == "__main__":

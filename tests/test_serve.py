@@ -186,7 +186,7 @@ def test_nesting_depth_against_a_recursive_reference():
 def test_served_greedy_answers_equal_the_judge_and_rows_join_a_running_batch(tiny_judge, server):
     examples = synth_examples(8, seed=2)
     budgets = [3, 12, 5, 9, 2, 12, 7, 4]
-    reference = [Judge.run(tiny_judge, [e.id], [tiny_judge.encode(e, m)], tiny_judge.generation_settings(
+    reference = [tiny_judge.run([e.id], [tiny_judge.encode(e, m)], tiny_judge.generation_settings(
         max_tokens=m))[0] for e, m in zip(examples, budgets)]
     client = _client(server)
 
