@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlxhv  # noqa: E402,F401  (fast BLAS before mlx.core)
 from mlxhv.rl.grpo import GRPOSettings  # noqa: E402
 from mlxhv.rl.lora import LoRASettings  # noqa: E402
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration  # noqa: E402
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration  # noqa: E402
 from tests.rl_tiny import tiny_model  # noqa: E402
 
 TARGET = 7
@@ -42,7 +42,7 @@ def run(algo: str, seed: int, steps: int) -> dict:
                   ppo_epochs=4, minibatch_size=8, lr=3e-2, kl_coef=0.01, kl_target=None, seed=seed,
                   lora=LoRASettings(rank=4, alpha=8, keys=["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"]))
     extra = dict(value_inner=16) if algo == "ppo" else dict(algo="grpo", grpo=GRPOSettings(loss_type="dapo"))
-    s = PPOSettings(**common, **extra)
+    s = RLSettings(**common, **extra)
     state = init_state(tiny_model(seed=1, hidden=32, layers=2), TOKENIZER, s)
     t = time.perf_counter()
     rewards = [rl_iteration(state, PROMPTS, score, step)[0]["reward_mean"] for step in range(1, steps + 1)]

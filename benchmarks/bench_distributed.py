@@ -42,9 +42,9 @@ def worker(job: str, out: str, args) -> None:
     else:
         from mlxhv.prompts import SYSTEM_PROMPT, render_prompt
         from mlxhv.rl.lora import LoRASettings
-        from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+        from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration
 
-        s = PPOSettings(prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=16,
+        s = RLSettings(prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=16,
                         temperature=1.0, ppo_epochs=1, minibatch_size=args.samples, train_threads=1,
                         answer_prefix="json", lora=LoRASettings(num_layers=8))
         state = init_state(model, tokenizer, s)

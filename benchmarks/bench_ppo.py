@@ -27,7 +27,7 @@ from mlxhv import _blas
 from mlxhv.data import synth_examples
 from mlxhv.models import apply_chat_template, load
 from mlxhv.rl.lora import LoRASettings
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration
 
 INSTRUCTION = ("Is this hypothesis VALIDATED, REJECTED or REFINED by the evidence? Answer with JSON "
                '{"decision": ..., "confidence": ...}.')
@@ -51,7 +51,7 @@ def score(_, completion):
 
 def run(precision: str, args, share: bool = True) -> dict:
     model, tokenizer = load(args.model, precision=precision)
-    s = PPOSettings(prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=args.max_tokens,
+    s = RLSettings(prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=args.max_tokens,
                     temperature=1.0, ppo_epochs=args.epochs, minibatch_size=max(args.minibatch, args.samples) if share else args.minibatch, seed=0,
                     lora=LoRASettings(rank=8, alpha=16, num_layers=args.num_layers), share_prompts=share)
     state = init_state(model, tokenizer, s)

@@ -40,14 +40,14 @@ def _client_options(f):
 
 
 def _client_settings(base_url, mode, timeout_s, max_retries, backoff_base_s, max_fix_rounds, temperature):
-    from mlxhv.generate import ClientSettings
+    from mlxhv.datagen import ClientSettings
 
     return ClientSettings(base_url=base_url, mode=mode, timeout_s=timeout_s, max_retries=max_retries,
                           backoff_base_s=backoff_base_s, max_fix_rounds=max_fix_rounds, temperature=temperature)
 
 
 def _prices(items) -> dict:
-    from mlxhv.generate.ledger import DEFAULT_PRICES, parse_price
+    from mlxhv.datagen.ledger import DEFAULT_PRICES, parse_price
 
     prices = dict(DEFAULT_PRICES)
     for text in items:
@@ -88,7 +88,7 @@ def _run(fn):
 def topics(n, domains, out, model, max_tokens, base_url, mode, concurrency, timeout_s, max_retries,
            backoff_base_s, max_fix_rounds, temperature, prices, no_progress, force):
     """Generate N distinct topics spread evenly over the domains (de-duplicated) into a topics JSONL."""
-    from mlxhv.generate import TopicsSettings, generate_topics
+    from mlxhv.datagen import TopicsSettings, generate_topics
 
     settings = TopicsSettings(out=out, n=n, domains=_csv(domains) or DOMAINS, model=model, max_tokens=max_tokens,
                               concurrency=concurrency, force=force, progress=not no_progress,
@@ -128,9 +128,9 @@ def generate(topics_path, n, out, seed, domains, levels, id_prefix, writer_model
              writer_max_tokens, qa_max_tokens, max_attempts, dry_run, est_writer_tokens, est_reject_rate, base_url, mode, concurrency, timeout_s,
              max_retries, backoff_base_s, max_fix_rounds, temperature, prices, no_progress, force):
     """Generate a planned, balanced curriculum of examples, graded by a QA judge; resumes after a kill."""
-    from mlxhv.generate import GenerateSettings, dry_run as plan_only, generate_examples
+    from mlxhv.datagen import DatagenSettings, dry_run as plan_only, generate_examples
 
-    settings = GenerateSettings(
+    settings = DatagenSettings(
         topics=topics_path, out=out, n=n, seed=seed, domains=_csv(domains), levels=_levels(levels),
         id_prefix=id_prefix, writer_model=writer_model, qa_model=qa_model, qa=not no_qa,
         writer_max_tokens=writer_max_tokens, qa_max_tokens=qa_max_tokens, max_attempts=max_attempts,

@@ -27,7 +27,7 @@ def _read_config(path: Path) -> dict:
 
 @train.command()
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON or YAML file of PPOSettings fields; command-line options override it.")
+              help="JSON or YAML file of RLSettings fields; command-line options override it.")
 @click.option("--model", help="Preset, hub id, mlx-lm directory or GGUF file (default smollm2-135m).")
 @click.option("--precision", type=click.Choice(["auto", "quantized", "float32", "bfloat16"]))
 @click.option("--train", "train_file", type=click.Path(path_type=Path), help="Training examples (JSONL).")
@@ -60,7 +60,7 @@ def ppo(config, resume, print_config, train_file, **opts):
     """Train with PPO (or --algo grpo): rollouts through the batched engine, correctness + calibration reward.
 
     Under `mlx.launch -n N` every rank samples 1/N of each step's prompts; gradients are averaged."""
-    from mlxhv.rl.trainer import PPOSettings, train as run_train
+    from mlxhv.rl.trainer import RLSettings, train as run_train
 
     d = _read_config(config) if config else {}
     if train_file is not None:
@@ -69,7 +69,7 @@ def ppo(config, resume, print_config, train_file, **opts):
         if v is not None:
             d[k] = str(v) if isinstance(v, Path) else v
     try:
-        settings = PPOSettings.from_dict(d)
+        settings = RLSettings.from_dict(d)
     except SettingsError as e:
         raise SettingsError(f"{config or 'options'}: {e}") from None
     if print_config:
@@ -97,7 +97,7 @@ def plot(run_dir, out):
 @click.option("--every", type=int, default=25, show_default=True, help="Steps per row.")
 def decisions(run_dir, every):
     """Sampled decisions per gold class over a PPO run (from RUN_DIR/samples.jsonl): does it read the evidence?"""
-    from mlxhv.rl.judge import decisions_by_gold, format_decisions
+    from mlxhv.rl.task import decisions_by_gold, format_decisions
 
     click.echo(format_decisions(decisions_by_gold(run_dir, every)))
 

@@ -28,8 +28,8 @@ class EvalError(MlxhvError):
     """An evaluation cannot run or resume as asked (mismatched settings in a run directory, …)."""
 
 
-class GenerateError(MlxhvError):
-    """Base class of errors raised by mlxhv.generate (the OpenAI-compatible dataset generator)."""
+class DatagenError(MlxhvError):
+    """Base class of errors raised by mlxhv.datagen (the OpenAI-compatible dataset generator)."""
 
 
 class DataError(MlxhvError):

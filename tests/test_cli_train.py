@@ -17,7 +17,7 @@ def test_print_config_and_bad_config(tmp_path):
     assert d["steps"] == 7 and d["lr"] == 0.001 and d["lora"]["rank"] == 4 and d["lora"]["alpha"] == 16.0
     cfg.write_text(json.dumps({"stepz": 7}))
     r = CliRunner().invoke(main, ["train", "ppo", "--config", str(cfg)])
-    assert r.exit_code != 0 and "unknown PPO setting(s): stepz" in r.output
+    assert r.exit_code != 0 and "unknown RL setting(s): stepz" in r.output
 
 
 def test_train_one_step_then_resume(smollm_dir, tmp_path):

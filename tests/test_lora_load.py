@@ -135,15 +135,15 @@ def test_bad_adapters_are_refused(tmp_path):
 
 @pytest.mark.parametrize("kl_reference", ["init", "base"])
 def test_ppo_init_adapter_from_mlx_lm_reproduces_its_logits_and_trains_on(tmp_path, kl_reference):
-    """`PPOSettings(init_adapter=…)` with an adapter trained by mlx-lm's own trainer: at step 0 the policy's
+    """`RLSettings(init_adapter=…)` with an adapter trained by mlx-lm's own trainer: at step 0 the policy's
     logits are mlx-lm's model's; the KL reference is that policy (kl_reference "init": KL 0 at step 0) or the
     base (LoRA off: KL > 0 from the start); an RL iteration moves the adapter."""
     from mlxhv.rl.lora import lora_disabled
-    from mlxhv.rl.trainer import PPOSettings, init_state, reference_policy, rl_iteration
+    from mlxhv.rl.trainer import RLSettings, init_state, reference_policy, rl_iteration
 
     theirs = _mlx_lm_train(tmp_path, num_layers=2)
     expect = np.array(theirs(TOKENS))
-    s = PPOSettings(init_adapter=str(tmp_path), prompts_per_step=2, samples_per_prompt=2, max_new_tokens=3,
+    s = RLSettings(init_adapter=str(tmp_path), prompts_per_step=2, samples_per_prompt=2, max_new_tokens=3,
                     temperature=1.0, ppo_epochs=1, minibatch_size=4, value_inner=8, lr=1e-2, kl_reference=kl_reference)
     tok = SimpleNamespace(eos_token_id=2, eos_token_ids={2}, decode=lambda ids: " ".join(map(str, ids)))
     state = init_state(tiny_model(seed=0, layers=3), tok, s)
@@ -174,17 +174,17 @@ def test_init_adapter_layout_is_recorded_and_a_different_one_refused(tmp_path):
     """settings.lora becomes the adapter's layout; the same settings start again (as a resume does), another
     layout is refused."""
     from mlxhv.errors import SettingsError
-    from mlxhv.rl.trainer import PPOSettings, init_state
+    from mlxhv.rl.trainer import RLSettings, init_state
 
     model = tiny_model(seed=0, layers=3)
     layout = LoRASettings(rank=4, alpha=12.0, num_layers=2, keys=["self_attn.q_proj", "mlp.up_proj"])
     apply_lora(model, layout, seed=1)
     save_adapters(model, layout, tmp_path)
     tok = SimpleNamespace(eos_token_id=2, eos_token_ids={2}, decode=lambda ids: "")
-    s = PPOSettings(init_adapter=str(tmp_path), value_inner=8)
+    s = RLSettings(init_adapter=str(tmp_path), value_inner=8)
     init_state(tiny_model(seed=0, layers=3), tok, s)
     assert s.lora == layout
     init_state(tiny_model(seed=0, layers=3), tok, s)  # settings read back from settings.json start the same way
-    other = PPOSettings(init_adapter=str(tmp_path), value_inner=8, lora=LoRASettings(rank=2))
+    other = RLSettings(init_adapter=str(tmp_path), value_inner=8, lora=LoRASettings(rank=2))
     with pytest.raises(SettingsError, match="comes from init_adapter"):
         init_state(tiny_model(seed=0, layers=3), tok, other)

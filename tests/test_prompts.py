@@ -180,7 +180,7 @@ def test_single_quoted_value_with_a_brace_stays_one_object():
 ])
 def test_one_think_rule_for_judge_and_client(text, answer, value):
     """The judge parser and the OpenAI client's JSON reader read the same answer part of a reply."""
-    from mlxhv.generate.client import extract_json
+    from mlxhv.datagen.client import extract_json
 
     assert strip_think(text) == answer
     if value is None:

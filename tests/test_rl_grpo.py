@@ -11,7 +11,7 @@ import pytest
 from mlxhv.errors import SettingsError
 from mlxhv.rl.grpo import GRPOSettings, group_advantages, grpo_loss
 from mlxhv.rl.lora import LoRASettings
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration
 from tests.rl_tiny import tiny_model
 
 
@@ -70,7 +70,7 @@ def test_grpo_raises_reward_on_tiny_task():
         toks = completion.tokens
         return SimpleNamespace(reward=float(np.mean([t == TARGET for t in toks])) if toks else 0.0)
 
-    s = PPOSettings(algo="grpo", steps=16, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6,
+    s = RLSettings(algo="grpo", steps=16, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6,
                     temperature=1.0, ppo_epochs=4, minibatch_size=8, lr=3e-2, kl_coef=0.01, kl_target=None,
                     lora=LoRASettings(rank=4, alpha=8, keys=["self_attn.q_proj", "self_attn.v_proj",
                                                             "self_attn.o_proj"]),
@@ -95,4 +95,4 @@ def test_grpo_raises_reward_on_tiny_task():
 ])
 def test_settings_foreign_to_the_algorithm_are_refused(kw, message):
     with pytest.raises(SettingsError, match=message):
-        PPOSettings.from_dict(kw)
+        RLSettings.from_dict(kw)

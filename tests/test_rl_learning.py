@@ -10,7 +10,7 @@ import numpy as np
 
 from mlxhv.rl.lora import LoRASettings
 from mlxhv.rl.ppo import PPOLossSettings
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration
 from tests.rl_tiny import tiny_model
 
 TARGET = 7
@@ -25,7 +25,7 @@ def score(_, completion):
 
 
 def test_ppo_raises_reward_on_tiny_task():
-    s = PPOSettings(steps=12, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6, temperature=1.0,
+    s = RLSettings(steps=12, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=6, temperature=1.0,
                     ppo_epochs=4, minibatch_size=8, lr=3e-2, kl_coef=0.01, kl_target=None, value_inner=16,
                     lora=LoRASettings(rank=4, alpha=8, keys=["self_attn.q_proj", "self_attn.v_proj",
                                                             "self_attn.o_proj"]),

@@ -9,12 +9,12 @@ from mlx.utils import tree_flatten
 
 from mlxhv.errors import SettingsError
 from mlxhv.prompts import JSON_ANSWER_PREFIX
-from mlxhv.rl.judge import JudgeTask
+from mlxhv.rl.task import JudgeTask
 from mlxhv.rl.lora import LoRASettings
 from mlxhv.rl.passes import GroupPasses, RowPasses, describe_passes, make_passes
 from mlxhv.rl.reward import RewardSettings
 from mlxhv.rl.rollout import build_batch
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration
 from tests.rl_tiny import tiny_model
 
 # A tiny vocabulary whose tokens spell judge answers after the JSON prefix, so the real judge task scores them.
@@ -36,7 +36,7 @@ def _settings(share: bool, **kw):
                 whiten_rewards=True, balance_classes=True, share_prompts=share, seed=3, answer_prefix="json",
                 lora=LoRASettings(rank=4, alpha=8, num_layers=1))
     base.update(kw)
-    return PPOSettings(**base)
+    return RLSettings(**base)
 
 
 def _run(share: bool):
@@ -88,7 +88,7 @@ def test_make_passes_picks_and_describes():
 ])
 def test_settings_that_cannot_apply_are_refused(kw, message):
     with pytest.raises(SettingsError, match=message):
-        PPOSettings(**kw)
+        RLSettings(**kw)
 
 
 def test_cli_refuses_them_with_one_error_line(tmp_path):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlxhv.rl.judge import JudgeTask, select_prompts, select_prompts_by_class
+from mlxhv.rl.task import JudgeTask, select_prompts, select_prompts_by_class
 from mlxhv.rl.lora import LoRASettings, lora_disabled
 from mlxhv.rl.passes import GroupPasses, Minibatch, RowPasses
 from mlxhv.rl.rollout import build_batch
-from mlxhv.rl.trainer import (PPOSettings, init_state, latest_checkpoint, load_checkpoint, save_checkpoint,
+from mlxhv.rl.trainer import (RLSettings, init_state, latest_checkpoint, load_checkpoint, save_checkpoint,
                               update_minibatch)
 from tests.rl_tiny import tiny_model
 
@@ -23,7 +23,7 @@ def comp(tokens, finish="stop"):
 
 
 def tiny_state(seed=0):
-    s = PPOSettings(lora=LoRASettings(rank=4, alpha=8), value_inner=8, minibatch_size=2, lr=1e-2, seed=seed)
+    s = RLSettings(lora=LoRASettings(rank=4, alpha=8), value_inner=8, minibatch_size=2, lr=1e-2, seed=seed)
     return init_state(tiny_model(seed), TOK, s)
 
 
@@ -121,7 +121,7 @@ def test_judge_score_reads_the_answer_prefix():
     from mlxhv.prompts import JSON_ANSWER_PREFIX
     from mlxhv.rl.reward import RewardSettings
 
-    s = PPOSettings(answer_prefix="json")
+    s = RLSettings(answer_prefix="json")
     assert s.answer_prefix == JSON_ANSWER_PREFIX
     ex = synth_examples(1, seed=0)[0]
     gold = ex.expected_decision.value
@@ -169,7 +169,7 @@ def test_shared_prompt_passes_equal_whole_rows(num_layers, cache_trunk):
     from mlxhv.rl.prefix import shared_start
 
     def state():
-        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8,
+        s = RLSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8,
                         minibatch_size=2, lr=1e-2)
         st = init_state(tiny_model(0, layers=3), TOK, s)
         mx.random.seed(1)  # B != 0 and a non-zero value head: policy differs from reference, values from 0
@@ -225,7 +225,7 @@ def test_shared_prefix_runs_once_and_equals_whole_rows(num_layers):
     """Prompts that open alike (as every judge prompt does): the shared-prompt passes split the common prefix off
     (C positions) and still give the whole rows' log-probs, values and gradient step over several groups."""
     def state():
-        s = PPOSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8, lr=1e-2)
+        s = RLSettings(lora=LoRASettings(rank=4, alpha=8, num_layers=num_layers), value_inner=8, lr=1e-2)
         st = init_state(tiny_model(0, layers=3), TOK, s)
         mx.random.seed(2)
         new = {k: mx.random.normal(v.shape) * 0.1 for k, v in tree_flatten(st.policy.trainable_parameters())

@@ -3,7 +3,7 @@
 Modules: `ppo` (the math: GAE, clipped surrogate, clipped value loss, adaptive KL), `reward` (correctness +
 calibration + format), `lora` (adapters in mlx-lm's format, LoRA off for the reference), `value` (value head),
 `rollout` (engine samples laid out for the update), `prefix` (a prompt group through the blocks once; the frozen
-trunk), `passes` (the seam: whole rows or shared prompts, picked once per rollout), `judge` (the task: prompts,
+trunk), `passes` (the seam: whole rows or shared prompts, picked once per rollout), `task` (the judge task: prompts,
 prompt selection, the score of an answer as a typed `Scored`, per-step numbers, holdout evaluation), `grpo`
 (group advantages and the GRPO / DAPO / Dr. GRPO losses), `algorithms` (the PPO | GRPO seam: advantages and
 loss), `curriculum` (the level schedule, the step sampler, several training files), `trainer` (the loop,

@@ -38,7 +38,9 @@ from mlxhv.rl.value import ValueHead, hidden_size
 
 
 @dataclass
-class PPOSettings:
+class RLSettings:
+    """One RL run's settings, PPO or GRPO (`algo`); `mlxhv train ppo` builds it from a config file and options."""
+
     # what to train on, and how
     algo: str = "ppo"  # ppo (critic, GAE) | grpo (group-normalised advantages, no critic): rl/algorithms.py
     model: str = "smollm2-135m"
@@ -134,12 +136,12 @@ class PPOSettings:
         return [f"grpo.{f.name}" for f in fields(GRPOSettings) if getattr(self.grpo, f.name) != f.default]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PPOSettings":
+    def from_dict(cls, d: dict) -> "RLSettings":
         nested = {"lora": LoRASettings, "loss": PPOLossSettings, "reward": RewardSettings, "grpo": GRPOSettings}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise SettingsError(f"unknown PPO setting(s): {', '.join(sorted(unknown))}")
+            raise SettingsError(f"unknown RL setting(s): {', '.join(sorted(unknown))}")
         try:
             kw = {k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()}
             return cls(**kw)
@@ -147,7 +149,7 @@ class PPOSettings:
             raise SettingsError(str(e)) from None
 
 
-_FIELDS = {f.name: f for f in fields(PPOSettings)}
+_FIELDS = {f.name: f for f in fields(RLSettings)}
 PPO_ONLY = ("score_baseline", "whiten_rewards", "whiten_advantages", "gamma", "lam")  # GRPO: group baseline
 PPO_ONLY_LOSS = ("clip_range", "clip_range_value", "vf_coef", "ent_coef")  # GRPO: grpo.clip_low / clip_high
 
@@ -162,25 +164,25 @@ class Policy(nn.Module):
 
 
 @dataclass
-class PPOState:
+class RLState:
     policy: Policy
     tokenizer: object
     optimizer: optim.Optimizer
     kl_ctl: AdaptiveKLController
-    settings: PPOSettings
+    settings: RLSettings
     algo: object  # rl/algorithms.py: PPO or GRPO, picked from settings.algo
     step: int = 0
     skipped_updates: int = 0
     reference: dict | None = None  # the init adapter's weights when they are the KL reference; None: LoRA off
 
 
-def reference_policy(state: PPOState):
-    """Context in which the policy model is the KL reference (`PPOSettings.kl_reference`)."""
+def reference_policy(state: RLState):
+    """Context in which the policy model is the KL reference (`RLSettings.kl_reference`)."""
     model = state.policy.model
     return lora_disabled(model) if state.reference is None else lora_weights(model, state.reference)
 
 
-def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
+def init_state(model, tokenizer, settings: RLSettings) -> RLState:
     """Wrap the model with LoRA (fresh, B = 0, or `settings.init_adapter`'s), add the value head and optimizer.
     With an init adapter, `settings.lora` becomes the adapter's layout (leave lora unset, or equal to that layout)."""
     if settings.init_adapter:
@@ -199,7 +201,7 @@ def init_state(model, tokenizer, settings: PPOSettings) -> PPOState:
     optimizer.init(policy.trainable_parameters())
     mx.eval(policy.parameters(), optimizer.state)
     kl = AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
-    return PPOState(policy, tokenizer, optimizer, kl, settings, make_algorithm(settings), reference=reference)
+    return RLState(policy, tokenizer, optimizer, kl, settings, make_algorithm(settings), reference=reference)
 
 
 def _loss_fn(policy: Policy, passes: Passes, mb: Minibatch, mb_data: dict, temperature: float, algo, kl_coef,
@@ -210,7 +212,7 @@ def _loss_fn(policy: Policy, passes: Passes, mb: Minibatch, mb_data: dict, tempe
     return (loss if weight is None else loss * weight), metrics
 
 
-def update_minibatch(state: PPOState, passes: Passes, mb: Minibatch, data: dict[str, np.ndarray]) -> tuple[bool, dict]:
+def update_minibatch(state: RLState, passes: Passes, mb: Minibatch, data: dict[str, np.ndarray]) -> tuple[bool, dict]:
     """One gradient step on the rows of `mb` (`data`: per-token (N, L) arrays of the whole rollout, cut here to the
     minibatch's rows and width). A step whose loss or gradient norm is not finite is skipped.
 
@@ -249,7 +251,7 @@ def update_minibatch(state: PPOState, passes: Passes, mb: Minibatch, data: dict[
     return True, out
 
 
-def rl_iteration(state: PPOState, prompts: list[list[int]], score_fn: Callable, step: int,
+def rl_iteration(state: RLState, prompts: list[list[int]], score_fn: Callable, step: int,
                  prompt_ids: list[int] | None = None) -> tuple[dict, list]:
     """Sample, score and update once: Algorithm 1 of the PPO paper, with the advantages and the loss of
     `state.algo` (PPO or GRPO, rl/algorithms.py) and the passes of `passes.make_passes`.
@@ -342,7 +344,7 @@ def _explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     return float("nan") if var_y <= 0 else float(1 - var_d / var_y)
 
 
-def sample(state: PPOState, prompts: list[list[int]], step: int, streams: list[int]):
+def sample(state: RLState, prompts: list[list[int]], step: int, streams: list[int]):
     """The rollout: one sampled answer per prompt row through the batched engine; row i draws from random
     stream `streams[i]` of this step's seed."""
     from mlxhv.engine import GenerationSettings, generate
@@ -368,7 +370,7 @@ def _mean_losses(logs: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(state: PPOState, out_dir: str | Path) -> Path:
+def save_checkpoint(state: RLState, out_dir: str | Path) -> Path:
     """Write step-NNNNNN/ atomically: adapters (mlx-lm format), value head, optimizer, trainer state."""
     out_dir = Path(out_dir)
     final = out_dir / "checkpoints" / f"step-{state.step:06d}"
@@ -389,7 +391,7 @@ def save_checkpoint(state: PPOState, out_dir: str | Path) -> Path:
     return final
 
 
-def prompt_config(s: PPOSettings):
+def prompt_config(s: RLSettings):
     """How the trained adapter is to be prompted (saved beside it as judge_prompt.json, read by eval and Judge)."""
     from mlxhv.prompts import PromptConfig, load_system_prompt
 
@@ -402,7 +404,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(state: PPOState, ckpt: str | Path) -> None:
+def load_checkpoint(state: RLState, ckpt: str | Path) -> None:
     """Restore LoRA weights, value head, optimizer and counters into a freshly initialised state."""
     ckpt = Path(ckpt)
     state.policy.model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
@@ -435,10 +437,10 @@ def _truncate_log(path: Path, last_step: int) -> None:
     write_jsonl(path, keep, force=True)
 
 
-def train(settings: PPOSettings, resume: bool = False, progress: bool = True, task=None) -> PPOState:
+def train(settings: RLSettings, resume: bool = False, progress: bool = True, task=None) -> RLState:
     """Train with PPO or GRPO; writes metrics.jsonl, samples.jsonl, checkpoints and adapters under settings.out.
 
-    `task` (default: the judge task of `rl/judge.py` on settings.train) gives the prompts, picks each step's
+    `task` (default: the judge task of `rl/task.py` on settings.train) gives the prompts, picks each step's
     prompts, scores answers and adds its own numbers to each step's metrics. Under `mlx.launch` each rank takes
     every size-th prompt of a step; rank 0 alone writes files."""
     from tqdm import tqdm
@@ -447,7 +449,7 @@ def train(settings: PPOSettings, resume: bool = False, progress: bool = True, ta
     from mlxhv.models import load
     from mlxhv.prompts import load_system_prompt
     from mlxhv.rl.curriculum import load_training_sets
-    from mlxhv.rl.judge import JudgeTask, evaluate_holdout
+    from mlxhv.rl.task import JudgeTask, evaluate_holdout
 
     s = settings
     rank, world = distributed.rank(), distributed.size()

@@ -16,10 +16,10 @@ from mlx.utils import tree_flatten
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from mlxhv import distributed  # noqa: E402
 from mlxhv.prompts import JSON_ANSWER_PREFIX  # noqa: E402
-from mlxhv.rl.judge import JudgeTask  # noqa: E402
+from mlxhv.rl.task import JudgeTask  # noqa: E402
 from mlxhv.rl.lora import LoRASettings  # noqa: E402
 from mlxhv.rl.reward import RewardSettings  # noqa: E402
-from mlxhv.rl.trainer import PPOSettings, init_state, rl_iteration  # noqa: E402
+from mlxhv.rl.trainer import RLSettings, init_state, rl_iteration  # noqa: E402
 from tests.rl_tiny import tiny_model  # noqa: E402
 
 PIECES = {3: "VALIDATED", 4: "REJECTED", 5: "REFINED", 6: '", "confidence": 0.8}', 7: '", "confidence": 0.3}'}
@@ -32,7 +32,7 @@ def main(out: str, algo: str = "ppo", fault: str = "") -> None:
 
     rank, world = distributed.rank(), distributed.size()
     extra = dict(whiten_rewards=True) if algo == "ppo" else dict(grpo={"scale_rewards": "batch", "loss_type": "dapo"})
-    s = PPOSettings.from_dict(dict(algo=algo, prompts_per_step=4, samples_per_prompt=3, max_new_tokens=4,
+    s = RLSettings.from_dict(dict(algo=algo, prompts_per_step=4, samples_per_prompt=3, max_new_tokens=4,
                                    temperature=1.0, ppo_epochs=1, minibatch_size=12, lr=1e-2, kl_coef=0.1,
                                    kl_target=1.0, value_inner=8, seed=5, lora={"rank": 4, "alpha": 8, "num_layers": 1},
                                    **extra))

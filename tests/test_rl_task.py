@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from mlxhv.cli import main
 from mlxhv.prompts import JSON_ANSWER_PREFIX
-from mlxhv.rl.judge import decisions_by_gold, format_decisions
+from mlxhv.rl.task import decisions_by_gold, format_decisions
 
 
 def _run(tmp_path):
@@ -47,7 +47,7 @@ def test_curriculum_steps_follow_the_level_schedule():
     """With curriculum "levels" the judge task draws through curriculum.Sampler: step 1 holds level-1 prompts only,
     the last step every level, the draws replay for a resumed run, and the level mix is logged."""
     from mlxhv.data import synth_examples
-    from mlxhv.rl.judge import JudgeTask
+    from mlxhv.rl.task import JudgeTask
     from mlxhv.rl.reward import RewardSettings
 
     exs = synth_examples(40, seed=1)

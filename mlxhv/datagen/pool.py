@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable, Iterable, Optional, TypeVar
 
-from mlxhv.generate.client import APIFailure
+from mlxhv.datagen.client import APIFailure
 
 I = TypeVar("I")
 R = TypeVar("R")

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from mlxhv.generate.client import ClientSettings
-from mlxhv.generate.ledger import DEFAULT_PRICES
+from mlxhv.datagen.client import ClientSettings
+from mlxhv.datagen.ledger import DEFAULT_PRICES
 from mlxhv.schema import LEVELS
 
 DEFAULT_WRITER_MODEL = "o1"
@@ -16,7 +16,7 @@ SIDE_FILES = ("plan.json", "qa.jsonl", "rejects.jsonl", "ledger.json", "report.j
 
 
 @dataclass
-class GenerateSettings:
+class DatagenSettings:
     """Settings of one `generate` job (the CLI builds this; use it directly from Python too)."""
 
     topics: Path

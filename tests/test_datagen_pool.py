@@ -1,12 +1,12 @@
-"""The worker pool's failure policy (mlxhv/generate/pool.py), with plain Python workers and no server."""
+"""The worker pool's failure policy (mlxhv/datagen/pool.py), with plain Python workers and no server."""
 
 import threading
 import time
 
 import pytest
 
-from mlxhv.generate.client import APIFailure
-from mlxhv.generate.pool import INTERRUPTED, run_job, run_pool
+from mlxhv.datagen.client import APIFailure
+from mlxhv.datagen.pool import INTERRUPTED, run_job, run_pool
 
 
 class Tracker:

@@ -35,10 +35,10 @@ import openai
 from pydantic import BaseModel, ValidationError
 
 from mlxhv.errors import SettingsError
-from mlxhv.errors import GenerateError
+from mlxhv.errors import DatagenError
 from mlxhv.data.io import pydantic_errors
-from mlxhv.generate.drafts import SAMPLES
-from mlxhv.generate.ledger import Ledger
+from mlxhv.datagen.drafts import SAMPLES
+from mlxhv.datagen.ledger import Ledger
 from mlxhv.answer import strip_think
 
 T = TypeVar("T")
@@ -62,11 +62,11 @@ class ClientSettings:
     temperature: Optional[float] = None  # None: not sent (o1-class models reject it)
 
 
-class APIFailure(GenerateError):
+class APIFailure(DatagenError):
     """The API cannot serve us (auth, bad request, unknown model, retries exhausted): stop the run."""
 
 
-class ReplyError(GenerateError):
+class ReplyError(DatagenError):
     """One reply is unusable: kind is 'length' (cut by the token limit), 'refused' or 'invalid'."""
 
     def __init__(self, kind: str, detail: str, raw: str = ""):
@@ -171,7 +171,7 @@ def with_retries(fn: Callable[[], T], *, settings: ClientSettings, model: str, l
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object in a reply: after any `</think>` (`prompts.strip_think`), inside or outside ```
+    """The first JSON object in a reply: after any `</think>` (`answer.strip_think`), inside or outside ```
     fences, prose ignored."""
     text = strip_think(text)
     decoder = json.JSONDecoder()

@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from mlxhv.generate.ledger import Ledger
-from mlxhv.generate.settings import GenerateSettings, side_path
+from mlxhv.datagen.ledger import Ledger
+from mlxhv.datagen.settings import DatagenSettings, side_path
 
 HOT_CELL_RATE = 0.5  # a domain × level cell is flagged when at least this share of its attempts was rejected
 
@@ -75,7 +75,7 @@ def short(text: str, limit: int = 140) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_report(report: GenerateReport, settings: GenerateSettings) -> str:
+def format_report(report: GenerateReport, settings: DatagenSettings) -> str:
     """What a person reads at the end of a run: progress, rejections by domain × level, hot cells, the ledger."""
     have = report.done_before + report.accepted
     first = f", {report.accepted_first_try} at the first attempt" if report.accepted else ""

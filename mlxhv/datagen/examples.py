@@ -1,6 +1,6 @@
 """`mlxhv data generate`: planned examples, written by one model, graded by another, resumable.
 
-The job, by module: `settings` (GenerateSettings, file names), `resume` (the plan file, what OUT already holds),
+The job, by module: `settings` (DatagenSettings, file names), `resume` (the plan file, what OUT already holds),
 `worker` (one planned item: write, grade, keep or reject), `pool` (the threads, the stop event, the failure
 policy), `report` (counts and their text), `estimate` (--dry-run). This module runs them in order.
 
@@ -26,16 +26,16 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from mlxhv.data.io import write_json_atomic
-from mlxhv.generate.client import make_client
-from mlxhv.generate.ledger import Ledger
-from mlxhv.generate.pool import run_job
-from mlxhv.generate.report import GenerateReport, format_report
-from mlxhv.generate.resume import make_plan, open_output
-from mlxhv.generate.settings import GenerateSettings, side_path
-from mlxhv.generate.worker import Recorder, process_item
+from mlxhv.datagen.client import make_client
+from mlxhv.datagen.ledger import Ledger
+from mlxhv.datagen.pool import run_job
+from mlxhv.datagen.report import GenerateReport, format_report
+from mlxhv.datagen.resume import make_plan, open_output
+from mlxhv.datagen.settings import DatagenSettings, side_path
+from mlxhv.datagen.worker import Recorder, process_item
 
 
-def generate_examples(settings: GenerateSettings, client=None, echo: Callable[[str], None] = print,
+def generate_examples(settings: DatagenSettings, client=None, echo: Callable[[str], None] = print,
                       stop: Optional[threading.Event] = None) -> GenerateReport:
     """Run (or resume) the plan; print and return the report (see module doc for failures and Ctrl-C).
 

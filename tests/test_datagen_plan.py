@@ -1,4 +1,4 @@
-"""Unit tests of mlxhv.generate without a server: plan, drafts, retry waits, redaction, dedupe, ledger."""
+"""Unit tests of mlxhv.datagen without a server: plan, drafts, retry waits, redaction, dedupe, ledger."""
 
 import json
 import random
@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from mlxhv.data.stats import balance_targets
-from mlxhv.generate.client import ClientSettings, extract_json, parse_retry_after, redact, retry_delay
-from mlxhv.generate.drafts import ExampleDraft, QAVerdict, draft_to_example, qa_accepts, qa_reasons
-from mlxhv.generate.ledger import Ledger, parse_price, price_for
-from mlxhv.generate.plan import apportion, plan_examples, plan_fingerprint
-from mlxhv.generate.topics import is_duplicate, normalize_title
+from mlxhv.datagen.client import ClientSettings, extract_json, parse_retry_after, redact, retry_delay
+from mlxhv.datagen.drafts import ExampleDraft, QAVerdict, draft_to_example, qa_accepts, qa_reasons
+from mlxhv.datagen.ledger import Ledger, parse_price, price_for
+from mlxhv.datagen.plan import apportion, plan_examples, plan_fingerprint
+from mlxhv.datagen.topics import is_duplicate, normalize_title
 from mlxhv.schema import DOMAINS, Topic
 
 
@@ -189,8 +189,8 @@ def test_ledger_prices_and_costs():
 def test_read_done_checks_each_line_against_the_plan(tmp_path):
     from mlxhv.data import synth_examples
     from mlxhv.data.io import DataError
-    from mlxhv.generate.resume import read_done
-    from mlxhv.generate.plan import PlanItem
+    from mlxhv.datagen.resume import read_done
+    from mlxhv.datagen.plan import PlanItem
 
     a, b, c = synth_examples(3, seed=0)
     item = lambda ex, **kw: PlanItem(**{"id": ex.id, "domain": ex.metadata.domain,  # noqa: E731

@@ -1,4 +1,5 @@
-"""Prompts for topic writing, example writing and the QA judge.
+"""The instructions datagen sends: topic writing, example writing and the QA judge (the judge's own prompt is
+mlxhv/prompts.py).
 
 Each builder returns chat messages. The writer's user message starts with a machine-readable line
 `Cell: domain=… level=… decision=…` (what was planned), which also lets a test server answer in kind.

@@ -24,12 +24,12 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from mlxhv.data.io import OutputExists, write_jsonl
-from mlxhv.generate.client import APIFailure, ClientSettings, ReplyError, call_json, make_client
-from mlxhv.generate.pool import run_job
-from mlxhv.generate.drafts import TopicList
-from mlxhv.generate.ledger import DEFAULT_PRICES, Ledger
-from mlxhv.generate.plan import apportion, domain_abbreviations
-from mlxhv.generate.prompts import topics_messages
+from mlxhv.datagen.client import APIFailure, ClientSettings, ReplyError, call_json, make_client
+from mlxhv.datagen.pool import run_job
+from mlxhv.datagen.drafts import TopicList
+from mlxhv.datagen.ledger import DEFAULT_PRICES, Ledger
+from mlxhv.datagen.plan import apportion, domain_abbreviations
+from mlxhv.datagen.instructions import topics_messages
 from mlxhv.schema import DOMAINS, Topic
 
 DEFAULT_WRITER_MODEL = "o1"

@@ -18,9 +18,9 @@ from mlxhv.cli import main
 from loopback_openai import LoopbackOpenAI, error, example_draft, qa_verdict, reply
 from mlxhv.data.io import load_examples
 from mlxhv.data.stats import balance_targets
-from mlxhv.generate import ClientSettings, GenerateSettings, generate_examples
-from mlxhv.generate.resume import make_plan
-from mlxhv.generate.settings import side_path
+from mlxhv.datagen import ClientSettings, DatagenSettings, generate_examples
+from mlxhv.datagen.resume import make_plan
+from mlxhv.datagen.settings import side_path
 from mlxhv.schema import DOMAINS
 
 KEY = "sk-test-SUPERSECRET0123456789"
@@ -52,7 +52,7 @@ def topics_file(tmp_path):
 def settings(tmp_path, srv, topics_file, n=5, **kw):
     client = kw.pop("client", {})
     cs = ClientSettings(base_url=srv.url, backoff_base_s=0.01, backoff_max_s=0.05, **client)
-    return GenerateSettings(topics=topics_file, out=tmp_path / "examples.jsonl", n=n, concurrency=1,
+    return DatagenSettings(topics=topics_file, out=tmp_path / "examples.jsonl", n=n, concurrency=1,
                             progress=False, client=cs, **kw)
 
 
@@ -334,7 +334,7 @@ def test_kill_half_way_then_resume(tmp_path, server, topics_file):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert f"{killed_at} of 20 done" in r.output
-    s = GenerateSettings(topics=topics_file, out=out, n=20)
+    s = DatagenSettings(topics=topics_file, out=out, n=20)
     check_plan_satisfied(s)
     assert server.kinds()[before:].count("example") == 20 - killed_at  # only the missing ones were asked for
     r = CliRunner().invoke(main, args)  # a third run has nothing to do
@@ -438,7 +438,7 @@ def test_topics_then_generate_end_to_end(tmp_path, server):
                                   "--base-url", server.url, "--concurrency", "4", "--no-progress",
                                   "--price", "o1=1,2"])
     assert r.exit_code == 0, r.output
-    check_plan_satisfied(GenerateSettings(topics=topics, out=out, n=14))
+    check_plan_satisfied(DatagenSettings(topics=topics, out=out, n=14))
     r = CliRunner().invoke(main, ["data", "validate", str(out)])
     assert r.exit_code == 0 and "14 valid" in r.output
 
@@ -486,7 +486,7 @@ def test_ctrl_c_stops_within_seconds_keeps_every_accepted_example_then_resumes(t
     assert proc.returncode == 1 and "stopped early: interrupted (Ctrl-C)" in output, output
     examples = load_examples(out)  # valid JSONL, each line a valid Example, ids unique
     assert len(examples) == qa_answered  # every example the judge accepted is on disk
-    _, items, _ = make_plan(GenerateSettings(topics=topics_file, out=out, n=20))
+    _, items, _ = make_plan(DatagenSettings(topics=topics_file, out=out, n=20))
     assert {e.id for e in examples} <= {it.id for it in items}
     saved = json.loads(side_path(out, "report.json").read_text())
     assert saved["aborted"] == "interrupted (Ctrl-C)" and saved["accepted"] == len(examples)
@@ -495,7 +495,7 @@ def test_ctrl_c_stops_within_seconds_keeps_every_accepted_example_then_resumes(t
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert f"{len(examples)} of 20 done" in r.output
-    check_plan_satisfied(GenerateSettings(topics=topics_file, out=out, n=20))
+    check_plan_satisfied(DatagenSettings(topics=topics_file, out=out, n=20))
     assert server.kinds()[before:].count("example") == 20 - len(examples)
 
 

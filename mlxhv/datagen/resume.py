@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Optional
 
 from mlxhv.data.io import DataError, LineError, OutputExists, load_records, read_records, repair_tail, write_json_atomic
-from mlxhv.generate.plan import PlanItem, plan_examples, plan_fingerprint
-from mlxhv.generate.settings import SIDE_FILES, GenerateSettings, side_path
+from mlxhv.datagen.plan import PlanItem, plan_examples, plan_fingerprint
+from mlxhv.datagen.settings import SIDE_FILES, DatagenSettings, side_path
 from mlxhv.schema import Example, Topic
 
 
-def make_plan(settings: GenerateSettings) -> tuple[list[Topic], list[PlanItem], str]:
+def make_plan(settings: DatagenSettings) -> tuple[list[Topic], list[PlanItem], str]:
     """Load the topics and plan the run: (topics, items in run order, fingerprint)."""
     topics = load_records(settings.topics, Topic)
     items = plan_examples(topics, settings.n, seed=settings.seed, domains=settings.domains,
@@ -59,7 +59,7 @@ def read_stored_plan(plan_file: Path) -> Optional[dict]:
         raise DataError([LineError(str(plan_file), 0, "", f"malformed JSON: {e}")]) from None
 
 
-def open_output(settings: GenerateSettings, items: list[PlanItem], fingerprint: str) -> dict[str, Example]:
+def open_output(settings: DatagenSettings, items: list[PlanItem], fingerprint: str) -> dict[str, Example]:
     """Start or resume OUT: check the stored plan, cut partial lines, return the examples already done."""
     out = settings.out
     plan_file = side_path(out, "plan.json")

@@ -6,13 +6,13 @@ import math
 from typing import Callable
 
 from mlxhv.data.io import DataError
-from mlxhv.generate.client import schema_instructions
-from mlxhv.generate.drafts import SAMPLES, ExampleDraft, QAVerdict
-from mlxhv.generate.ledger import Ledger, ModelUsage
-from mlxhv.generate.plan import PlanItem, format_plan
-from mlxhv.generate.prompts import qa_messages, writer_messages
-from mlxhv.generate.resume import make_plan, read_done, read_stored_plan
-from mlxhv.generate.settings import GenerateSettings, side_path
+from mlxhv.datagen.client import schema_instructions
+from mlxhv.datagen.drafts import SAMPLES, ExampleDraft, QAVerdict
+from mlxhv.datagen.ledger import Ledger, ModelUsage
+from mlxhv.datagen.plan import PlanItem, format_plan
+from mlxhv.datagen.instructions import qa_messages, writer_messages
+from mlxhv.datagen.resume import make_plan, read_done, read_stored_plan
+from mlxhv.datagen.settings import DatagenSettings, side_path
 from mlxhv.schema import Example
 
 
@@ -21,7 +21,7 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def estimate_cost(items: list[PlanItem], settings: GenerateSettings) -> Ledger:
+def estimate_cost(items: list[PlanItem], settings: DatagenSettings) -> Ledger:
     """Expected tokens and cost as a Ledger. Per item, calls = 1 + est_reject_rate for the writer and the judge;
 
         writer prompt = tokens(messages + schema);  writer completion = est_writer_completion_tokens
@@ -52,7 +52,7 @@ def estimate_cost(items: list[PlanItem], settings: GenerateSettings) -> Ledger:
     return ledger
 
 
-def dry_run(settings: GenerateSettings, echo: Callable[[str], None] = print) -> tuple[list[PlanItem], Ledger]:
+def dry_run(settings: DatagenSettings, echo: Callable[[str], None] = print) -> tuple[list[PlanItem], Ledger]:
     """Print the plan and the estimated token cost; call nothing, write nothing."""
     _, items, fingerprint = make_plan(settings)
     echo(format_plan(items))
