@@ -9,10 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import click
 
 from mlxhv.errors import DataError, MlxhvError
+from mlxhv.paths import resolve_path
+
+
+class ShippedPath(click.Path):
+    """A click.Path that also accepts the name of a shipped file or adapter (`data/holdout.jsonl`,
+    `configs/sft-run2.json`, `smollm2-135m-judge`): a path that exists here wins, else the installed package's
+    copy is used (mlxhv.paths.resolve_path). Converts to a pathlib.Path."""
+
+    def __init__(self, **kw):
+        kw.setdefault("path_type", Path)
+        super().__init__(**kw)
+
+    def convert(self, value, param, ctx):
+        return super().convert(resolve_path(value), param, ctx)
 
 
 def report(e: MlxhvError) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mlxhv import distributed
+from mlxhv.cli.common import ShippedPath
 from mlxhv.data import load_examples
 from mlxhv.eval.evaluator import GENERATION_PRESETS, EvalSettings, load_run, paired_with_first, run_eval
 from mlxhv.eval.report import format_compare, verdict
@@ -15,24 +16,25 @@ from mlxhv.eval.report import format_compare, verdict
 @click.command("eval")
 @click.option("-m", "--model", default="smollm2-135m", show_default=True,
               help="Model preset, hub id, local directory or GGUF file.")
-@click.option("-d", "--data", type=click.Path(path_type=Path), default=Path("data/holdout.jsonl"),
-              show_default=True, help="JSONL file of examples.")
+@click.option("-d", "--data", type=ShippedPath(dir_okay=False), default="data/holdout.jsonl",
+              show_default=True, help="JSONL file of examples (a shipped one by its name, e.g. data/holdout.jsonl).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="Run directory: predictions.jsonl, metrics.json, report.md. Rerunning resumes it.")
 @click.option("--limit", type=int, default=None,
               help="Evaluate a deterministic sample of N examples with the file's mix of domains, decisions, levels.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Examples per engine batch.")
 @click.option("--max-tokens", type=int, default=None,
               help=f"Token budget per answer (default: the adapter's, else per model: QwQ "
                    f"{GENERATION_PRESETS['qwq']['max_tokens']}, others {GENERATION_PRESETS['default']['max_tokens']}).")
 @click.option("--temperature", type=float, default=None, help="Default per model: QwQ 0.6, others 0 (greedy).")
 @click.option("--top-p", type=float, default=None, help="Default per model: QwQ 0.95, others 1.0.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", default="auto", show_default=True, help="Passed to the model loader.")
-@click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
-              help="LoRA adapter directory (adapters.safetensors + adapter_config.json). The prompt settings it "
-                   "was trained with (judge_prompt.json) apply unless --answer-prefix, --system-prompt or "
-                   "--max-tokens is given.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (unused when greedy).")
+@click.option("--precision", default="auto", show_default=True,
+              help="auto = the float32 CPU fast path where it fits; quantized | float32 | bfloat16.")
+@click.option("--adapter", "adapter_path", type=ShippedPath(exists=True, file_okay=False), default=None,
+              help="LoRA adapter directory (adapters.safetensors + adapter_config.json), or a shipped one by name "
+                   "(smollm2-135m-judge). The prompt it was trained with (judge_prompt.json) applies; an "
+                   "--answer-prefix or --system-prompt that differs from it is refused. --max-tokens overrides.")
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="Accuracy below which RL is worth pursuing.")
 @click.option("--restart", is_flag=True, help="Discard an existing run in --out instead of resuming it.")
@@ -47,6 +49,10 @@ from mlxhv.eval.report import format_compare, verdict
 def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, seed, precision, adapter_path,
           threshold, restart, answer_prefix, system_prompt_file, quiet):
     """Benchmark a judge model on a dataset with the batched engine (resumable)."""
+    if adapter_path is not None:  # as judge and serve: an adapter is prompted as it was trained, or not at all
+        from mlxhv.judge import resolve_prompt_config
+
+        resolve_prompt_config(str(adapter_path), system_prompt_file, answer_prefix)
     settings = EvalSettings(
         model=model, data=str(data), out=str(out), precision=precision,
         adapter_path=str(adapter_path) if adapter_path else None, limit=limit, batch_size=batch_size,
@@ -80,8 +86,9 @@ def eval_(model, data, out, limit, batch_size, max_tokens, temperature, top_p, s
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="Accuracy below which RL is worth pursuing.")
-@click.option("-d", "--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The examples the runs answered: adds a paired test of each run against the first.")
+@click.option("-d", "--data", type=ShippedPath(exists=True, dir_okay=False), default=None,
+              help="The examples the runs answered (a shipped file by its name too): adds a paired test of each "
+                   "run against the first.")
 def compare(runs, threshold, data):
     """Side-by-side table of eval run directories RUNS, and the verdict."""
     loaded = []

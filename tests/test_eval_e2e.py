@@ -125,8 +125,18 @@ def test_cli_eval_applies_the_adapter_prompt_settings_offline(smollm_dir, tmp_pa
     assert all(p["raw"].startswith(JSON_ANSWER_PREFIX) and p["completion_tokens"] <= 4 for p in preds)
     assert all(p["decision_prob"] is not None for p in preds if p["decision"] != "INVALID")
 
+    # as judge and serve: a prompt that differs from the adapter's is refused before the model loads
     result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain"), "--answer-prefix", "",
                                               "--max-tokens", "3"])
+    assert result.exit_code == 2 and "error: answer_prefix '': the adapter was trained with" in result.output
+    other = tmp_path / "other.txt"
+    other.write_text("Another system prompt.")
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain"), "--system-prompt", str(other)])
+    assert result.exit_code == 2 and "differs from the system prompt the adapter was trained with" in result.output
+    assert not (tmp_path / "plain").exists()
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "same"), "--answer-prefix", "json",
+                                              "--max-tokens", "3"])  # the adapter's own prefix, another budget
     assert result.exit_code == 0, result.output
-    info = json.loads((tmp_path / "plain" / "run.json").read_text())
-    assert info["answer_prefix"] == "" and info["max_tokens"] == 3 and info["prompt_from_adapter"] == ["system_prompt"]
+    info = json.loads((tmp_path / "same" / "run.json").read_text())
+    assert info["answer_prefix"] == JSON_ANSWER_PREFIX and info["max_tokens"] == 3
+    assert info["prompt_from_adapter"] == ["system_prompt"]
