@@ -18,7 +18,7 @@ When OpenBLAS cannot be put under MLX (mlx.core imported first, cmeel-openblas m
 libgfortran, a load error), `enable()` writes one warning line to stderr and MLX keeps its reference BLAS.
 
 Environment: `MLXHV_BLAS=reference` (or `0`, `off`, `no`) keeps MLX's bundled BLAS without a warning;
-`MLXHV_BLAS_THREADS=N` sets OpenBLAS threads (default 1: DESIGN.md saw 2 threads slow small decode matmuls
+`MLXHV_BLAS_THREADS=N` sets OpenBLAS threads (default 1: docs/design.md saw 2 threads slow small decode matmuls
 down badly), `auto` leaves OpenBLAS's own choice (`OPENBLAS_NUM_THREADS`, else the core count, at most the
 library's MAX_THREADS); anything else warns and uses 1.
 """

@@ -11,9 +11,9 @@ on 127.0.0.1, waits for it, writes a tiny topics file (or, with --with-topics, a
 A 135M model mostly fails: replies that are not the JSON asked for, decisions off the plan, QA rejections. That
 is expected. The smoke test passes when the run *ends cleanly*: exit status 0 (plan complete) or 1 (incomplete,
 with a report), no traceback, a report file naming why attempts failed. Exit status: 0 pass, 1 fail.
-On a CPU the 4-bit model prefills ~4-8 tokens/s (DESIGN.md): one ~1,100-token prompt-mode request took 5 minutes
+On a CPU the 4-bit model prefills ~4-8 tokens/s (docs/design.md): one ~1,100-token prompt-mode request took 5 minutes
 here. `--fast` serves a float32 copy (`mlx_lm convert -d --dtype float32`, into the workdir) from a server process
-that loads OpenBLAS first (`mlxhv._blas.enable()`, DESIGN.md: ~25x faster prompts) — the server is then started as
+that loads OpenBLAS first (`mlxhv._blas.enable()`, docs/design.md: ~25x faster prompts); the server is then started as
 `python -c "<enable BLAS>; mlx_lm.server.main()" --model DIR --port P` instead of `python -m mlx_lm server …`.
 """
 

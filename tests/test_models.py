@@ -92,7 +92,7 @@ def test_tokenizer_from_gguf(smollm):
     assert tok.eos_token_id == 2 and tok.bos_token_id == 1
     ids = apply_chat_template(tok, [{"role": "user", "content": "Hi"}])
     assert tok.decode(ids).startswith("<|im_start|>system\n") and tok.decode(ids).endswith("<|im_start|>assistant\n")
-    # regression pin (ids checked against llama.cpp when the converter was written, DESIGN.md)
+    # regression pin (ids checked against llama.cpp when the converter was written, docs/design.md)
     assert tok.encode("Hello world!") == [19556, 905, 17]
 
 

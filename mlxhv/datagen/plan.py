@@ -5,7 +5,7 @@ The plan is made before any call, so the balance comes from the plan, not from l
 1. decisions: `apportion(n, decision_weights)` (largest remainder), checked against `balance_targets(n)`
    (VALIDATED 150-200, REJECTED 100-150, REFINED 50-100 for 350, scaled) — out of range is an error;
 2. levels per decision: `apportion(count, level_weights[decision])` over the chosen levels (REFINED leans to
-   level 3, DESIGN.md);
+   level 3, docs/design.md);
 3. domains: the (decision, level) slots, in order, are dealt round-robin over the domains (order shuffled by the
    seed), so each domain gets n/D ± 1 examples and each (decision, level) cell is spread evenly;
 4. topics: within a domain, slots cycle through that domain's topics (shuffled by the seed);

@@ -5,7 +5,7 @@ The result opens with `mlx_lm.load(dir)`, so every mlx-lm tool (generate, lora, 
 Weights stay as GGUF stored them: MLX's `mx.load` maps Q4_0 / Q4_1 / Q8_0 blocks onto its own affine
 quantisation (group 32, scales + biases) without dequantising, and F32 / F16 / BF16 as is.
 
-GGUF facts this relies on (checked on SmolLM2-135M against llama.cpp, DESIGN.md):
+GGUF facts this relies on (checked on SmolLM2-135M against llama.cpp, docs/design.md):
 - llama.cpp permutes q/k rows for the interleaved ("traditional") RoPE layout → `rope_traditional: true`.
 - the output layer is tied to `token_embd` when there is no `output.weight`.
 """

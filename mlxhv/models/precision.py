@@ -2,7 +2,7 @@
 
 On a CPU, MLX's quantised matmul runs on one core and ignores BLAS, while float32 matmuls go to OpenBLAS
 (mlxhv/_blas.py): for a small model, dequantising once at load time makes prompts ~25× and generation ~9×
-faster (DESIGN.md). On Metal / CUDA the 4-bit kernels are the fast ones, so `auto` keeps them there.
+faster (docs/design.md). On Metal / CUDA the 4-bit kernels are the fast ones, so `auto` keeps them there.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ Where we depart, and why:
    batch of 8-16 scores amplifies noise. Advantages are whitened.
 6. **No `mx.compile`** over the update: sequence shapes change every minibatch (response lengths), so compiled
    graphs would be rebuilt each time; a peer's report of compiled LoRA steps treating adapters as constants is
-   another reason (DESIGN.md). Tests check that gradients reach the adapters.
+   another reason (docs/design.md). Tests check that gradients reach the adapters.
 7. **Non-finite steps are skipped**: one sync per minibatch reads the loss and gradient norm before the update is
    applied; a NaN/Inf step is counted (`skipped_updates`) and never applied.
 8. **KL target in nats per answer** (sequence KL, Ziegler's definition) with a short horizon (1000 samples):

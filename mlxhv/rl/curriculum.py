@@ -1,6 +1,6 @@
 """Which training examples each step sees: the difficulty curriculum, class balance, and several data files.
 
-Curriculum `levels` (difficulty 1 clear-cut … 4 subtle, DESIGN.md). At training progress
+Curriculum `levels` (difficulty 1 clear-cut … 4 subtle, docs/design.md). At training progress
 p = (step - 1) / (total_steps - 1) the frontier is
 
     f(p) = 1 + (L - 1) * min(1, p / ramp)          L levels, `ramp` the share of training that reaches the top

@@ -10,7 +10,7 @@ For an answer with decision d, stated confidence q and gold label y (c = 1[d == 
 
 The calibration term is one minus the Brier score of the stated confidence: an answer that is right with
 q = 1 gets the full term, a wrong answer with q = 1 gets 0 — a confident wrong answer costs most (RLCR,
-DESIGN.md). An answer without a confidence earns no calibration credit, and one the parser could only read
+docs/design.md). An answer without a confidence earns no calibration credit, and one the parser could only read
 from prose (its fallback) pays the format penalty: our first run on SmolLM2 found that with a neutral default
 (q = 0.5 for a missing confidence, no format term) the policy learned to write "The hypothesis is validated."
 and never state a confidence. With the defaults (1.0, 0.5, 0.5, -1.0) a JSON answer earns R in [0, 1.5], a

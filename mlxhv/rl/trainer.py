@@ -282,7 +282,7 @@ def rl_iteration(state: RLState, prompts: list[list[int]], score_fn: Callable, s
     batch = build_batch(prompts, completions, prompt_index, eos_id(state.tokenizer))
     mask = batch.mask  # (N, L)
 
-    with _blas.threads(s.train_threads):  # whole sequences: compute-bound, 2 threads help (DESIGN.md)
+    with _blas.threads(s.train_threads):  # whole sequences: compute-bound, 2 threads help (docs/design.md)
         # 3. old log-probs and values (policy), reference log-probs (LoRA off, or the init adapter's weights)
         t1 = time.perf_counter()
         passes = make_passes(model, batch, s.share_prompts, s.cache_trunk, s.minibatch_size)
@@ -353,7 +353,7 @@ def sample(state: RLState, prompts: list[list[int]], step: int, streams: list[in
     gen = GenerationSettings(max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                              seed=s.seed * 1_000_003 + step, batch_size=s.rollout_batch_size,
                              prefill_threads=s.train_threads,
-                             decode_threads=1,  # 1 thread is the safe choice for decode steps (DESIGN.md)
+                             decode_threads=1,  # 1 thread is the safe choice for decode steps (docs/design.md)
                              streams=streams)
     return generate(state.policy.model, state.tokenizer, prompts, gen)
 
