@@ -105,6 +105,7 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--workdir", default="runs/bench_serve")
     ap.add_argument("--skip-mlx-lm", action="store_true")
+    ap.add_argument("--no-fast-kernels", action="store_true", help="mlxhv serve on mlx-lm's blocks")
     args = ap.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     workdir = ROOT / args.workdir
@@ -127,7 +128,8 @@ def main(argv=None):
     port = free_port()
     proc = start(MLXHV_LAUNCH, ["serve", "--model", str(model_dir), "--port", str(port), "--answer-prefix", "json",
                                 "--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
-                                "--max-queue", str(max(64, args.requests)), "--log-level", "WARNING"],
+                                "--max-queue", str(max(64, args.requests)), "--log-level", "WARNING",
+                                *(["--no-fast-kernels"] if args.no_fast_kernels else [])],
                  port, workdir / "mlxhv.log")
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=3600)
@@ -172,7 +174,8 @@ def main(argv=None):
         ratios.update({f"vs_mlx_lm_at_{c}": round(ours[c] / theirs[c], 3) for c in clients})
     print("\n" + ", ".join(f"{k} {v}x" for k, v in ratios.items()) +
           f"; model {args.model} float32, max_tokens {args.max_tokens}, max_batch {args.max_batch}")
-    print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "runs": results, "ratios": ratios}))
+    print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "fast_kernels": not args.no_fast_kernels,
+                      "runs": results, "ratios": ratios}))
 
 
 if __name__ == "__main__":

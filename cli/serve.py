@@ -24,12 +24,14 @@ from mlxhv.cli.judge import judge_options, load_judge
 @click.option("--request-timeout", type=float, default=300.0, show_default=True,
               help="Seconds from receiving a request to its reply; beyond, 504 and its row leaves the batch.")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--fast-kernels/--no-fast-kernels", default=True, show_default=True,
+              help="The engine's own CPU blocks (mlxhv.kernels) or mlx-lm's.")
 @click.option("--model-name", default=None, help="The model id clients see (default: --model).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
               show_default=True)
-def serve(model, adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix, system_prompt_file,
-          max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue, request_timeout,
-          max_body_bytes, model_name, log_level):
+def serve(model, adapter, no_adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
+          system_prompt_file, max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue, request_timeout,
+          max_body_bytes, fast_kernels, model_name, log_level):
     """Serve the judge to OpenAI clients: set base_url to http://HOST:PORT/v1 and send the input as the user
     message, {"hypothesis": …, "evidence": [...]} in JSON. SIGTERM drains: requests in flight are answered, new
     ones refused (503), then it exits."""
@@ -38,8 +40,9 @@ def serve(model, adapter, precision, max_tokens, temperature, top_p, seed, answe
     logging.basicConfig(level=getattr(logging, log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(host=host, port=port, max_batch=max_batch, batch_wait_s=batch_wait,
                              max_connections=max_connections, max_queue=max_queue, request_timeout_s=request_timeout,
-                             max_body_bytes=max_body_bytes, model_name=model_name)
-    j = load_judge(model, adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
+                             max_body_bytes=max_body_bytes, model_name=model_name,
+                             fast_kernels=fast_kernels)
+    j = load_judge(model, adapter, no_adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file,
                    max_prompt_tokens=max_prompt_tokens)
     run_server(j, settings, on_ready=lambda server: click.echo(

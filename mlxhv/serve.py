@@ -75,6 +75,7 @@ class ServeSettings:
     max_json_depth: int = 64  # nesting of the body's JSON and of the input's JSON
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     drain_timeout_s: float = 120.0  # how long drain() waits for requests in flight
+    fast_kernels: bool = True  # the engine's own CPU blocks (mlxhv.kernels); False: mlx-lm's
 
     def __post_init__(self):
         for name in ("max_batch", "max_connections", "max_queue", "max_body_bytes", "max_json_depth",
@@ -117,7 +118,8 @@ class JudgeServer(ThreadingHTTPServer):
                                     "running_rows": lambda: self.scheduler.running,
                                     "connections": lambda: self.connections})
             self.scheduler = Scheduler(judge, settings.max_batch, settings.max_queue, settings.batch_wait_s,
-                                       on_step=self.metrics.step, step_hook=step_hook)
+                                       on_step=self.metrics.step, step_hook=step_hook,
+                                       fast_kernels=settings.fast_kernels)
         except BaseException:
             super().server_close()
             raise

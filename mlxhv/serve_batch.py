@@ -219,7 +219,9 @@ class Scheduler:
 
     def __init__(self, judge: Judge, max_batch: int = 16, max_queue: int = 64, wait_s: float = 0.02,
                  on_step: Optional[Callable[[int, int, float], None]] = None,
-                 on_done: Optional[Callable[[Job, Prediction], None]] = None, step_hook: Optional[Callable] = None):
+                 on_done: Optional[Callable[[Job, Prediction], None]] = None, step_hook: Optional[Callable] = None,
+                 fast_kernels: bool = True):
+        self.fast_kernels = fast_kernels
         self.judge, self.max_batch, self.max_queue, self.wait_s = judge, max_batch, max_queue, wait_s
         self.on_step, self.on_done, self.step_hook = on_step, on_done, step_hook
         self._waiting: deque[Job] = deque()
@@ -274,7 +276,7 @@ class Scheduler:
         try:
             self._stop = _stop_ids(self.judge.tokenizer, GenerationSettings())
             self.decoder = ContinuousDecoder(self.judge.model, judge_prefix(self.judge), self.max_batch,
-                                             self._stop)
+                                             self._stop, self.fast_kernels)
         except BaseException as e:  # noqa: BLE001 (reported to the constructor)
             self._error = e
             self._ready.set()
@@ -362,9 +364,9 @@ class Scheduler:
                 with self._cv:  # the rest wait, in order, for the batch to drain
                     self._waiting.extendleft(reversed([r.job for r in misfits]))
             if fits:
-                tic = time.perf_counter()
+                tic, prompt_tokens = time.perf_counter(), 0
                 try:
-                    d.add(fits)
+                    prompt_tokens = d.add(fits)
                 except Exception as e:  # a resource failure: 500 for these requests, the server keeps going
                     log.exception("prefill failed for %d request(s)", len(fits))
                     for r in fits:
@@ -372,7 +374,7 @@ class Scheduler:
                     fits = []
                 self.admissions.append(len(fits))
                 if self.on_step is not None:
-                    self.on_step(0, sum(len(r.prompt) for r in fits), time.perf_counter() - tic)
+                    self.on_step(0, prompt_tokens, time.perf_counter() - tic)
         d.compact()
         self.running = d.live()
         if not d.rows:

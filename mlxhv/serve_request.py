@@ -8,6 +8,7 @@ the offending field; the server turns it into `{"error": {"message", "type", "pa
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def _number(body: dict, name: str, kind: type, lo: float, hi: Optional[float] = 
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int):
         raise BadRequest(f"{name} must be {'a number' if kind is float else 'an integer'}, got {v!r}", name)
-    if v != v or v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
+    if math.isnan(v) or v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
         bound = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
         raise BadRequest(f"{name} must be {bound}, got {v!r}", name)
     return kind(v)
