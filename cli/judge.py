@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mlxhv.cli.common import ShippedPath
 
 
 def judge_options(f):
@@ -13,8 +14,11 @@ def judge_options(f):
     opts = [
         click.option("-m", "--model", default="smollm2-135m", show_default=True,
                      help="Model preset, hub id, local mlx-lm directory or GGUF file."),
-        click.option("--adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="LoRA adapter directory; its judge_prompt.json sets the prompt and answer prefix."),
+        click.option("--adapter", type=ShippedPath(exists=True, file_okay=False), default=None,
+                     help="LoRA adapter directory or shipped adapter name; its judge_prompt.json sets the prompt "
+                          "and answer prefix. Default: the shipped judge (smollm2-135m-judge) for the default "
+                          "model, none for any other."),
+        click.option("--no-adapter", is_flag=True, help="The model alone, without the shipped judge adapter."),
         click.option("--precision", default="auto", show_default=True,
                      help="auto = the float32 CPU fast path where it fits; quantized | float32 | bfloat16."),
         click.option("--max-tokens", type=int, default=None,
@@ -34,9 +38,20 @@ def judge_options(f):
     return f
 
 
-def load_judge(model, adapter, **settings):
-    from mlxhv.judge import Judge
+DEFAULT_MODEL = "smollm2-135m"
 
+
+def load_judge(model, adapter, no_adapter=False, **settings):
+    """The judge asked for: `adapter`, else the shipped judge when `model` is the default preset (unless
+    `no_adapter`)."""
+    from mlxhv.errors import SettingsError
+    from mlxhv.judge import Judge
+    from mlxhv.paths import shipped_adapter
+
+    if no_adapter and adapter:
+        raise SettingsError("--adapter and --no-adapter cannot apply together")
+    if adapter is None and not no_adapter and model == DEFAULT_MODEL:
+        adapter = shipped_adapter()
     return Judge.load(model, adapter=str(adapter) if adapter else None, **settings)
 
 
@@ -47,7 +62,7 @@ def load_judge(model, adapter, **settings):
 @judge_options
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Records per engine batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on standard error.")
-def judge(file, out, model, adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
+def judge(file, out, model, adapter, no_adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
           system_prompt_file, max_prompt_tokens, batch_size, quiet):
     """Judge the JSONL records of FILE ("-": standard input), each {"hypothesis", "evidence", "id"?}, and write
     one Prediction per record. Bad lines are skipped, then all reported as file:line: field: message (exit
@@ -55,7 +70,7 @@ def judge(file, out, model, adapter, precision, max_tokens, temperature, top_p, 
     from mlxhv.errors import DataError
     from mlxhv.judge import judge_file
 
-    j = load_judge(model, adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
+    j = load_judge(model, adapter, no_adapter, precision=precision, max_tokens=max_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, answer_prefix=answer_prefix, system_prompt_file=system_prompt_file,
                    max_prompt_tokens=max_prompt_tokens, batch_size=batch_size)
     result = judge_file(j, file, out)

@@ -30,8 +30,8 @@ from mlxhv.cli.judge import judge_options, load_judge
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
               show_default=True)
 def serve(model, adapter, no_adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
-          system_prompt_file, max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue, request_timeout,
-          max_body_bytes, fast_kernels, model_name, log_level):
+          system_prompt_file, max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue,
+          request_timeout, max_body_bytes, fast_kernels, model_name, log_level):
     """Serve the judge to OpenAI clients: set base_url to http://HOST:PORT/v1 and send the input as the user
     message, {"hypothesis": …, "evidence": [...]} in JSON. SIGTERM drains: requests in flight are answered, new
     ones refused (503), then it exits."""
