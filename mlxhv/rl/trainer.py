@@ -24,6 +24,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxhv import _blas, distributed
 from mlxhv.errors import OutputExists, SettingsError
+from mlxhv.paths import resolve_path
 from mlxhv.prompts import PROMPT_CONFIG_FILE, write_prompt_config
 from mlxhv.rl.algorithms import ALGORITHMS, make_algorithm
 from mlxhv.rl.curriculum import CURRICULA
@@ -45,6 +46,7 @@ class RLSettings:
     algo: str = "ppo"  # ppo (critic, GAE) | grpo (group-normalised advantages, no critic): rl/algorithms.py
     model: str = "smollm2-135m"
     precision: str = "auto"
+    # paths, or the names of shipped files (data/train.jsonl, smollm2-135m-judge: mlxhv.paths.resolve_path)
     train: str | list[str] = "data/train.jsonl"  # one file or several (rl/curriculum.load_training_sets)
     synth: int = 0  # add this many `data synth` examples (every level) to the training prompts
     synth_seed: int = 0
@@ -66,7 +68,8 @@ class RLSettings:
     top_p: float = 1.0
     rollout_batch_size: int = 16
     system_prompt_file: str | None = None  # a variant of prompts.SYSTEM_PROMPT (rollouts and holdout evaluation)
-    answer_prefix: str = ""  # opens every answer, in rollouts and holdout evaluation (prompts.JSON_ANSWER_PREFIX)
+    answer_prefix: str = ""  # opens every answer, in rollouts and holdout evaluation (prompts.JSON_ANSWER_PREFIX);
+    #                          "" with init_adapter: the adapter's (apply_adapter_prompt)
     # optimisation
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -150,6 +153,75 @@ class RLSettings:
 
 
 _FIELDS = {f.name: f for f in fields(RLSettings)}
+
+
+def _same(a, b) -> bool:
+    """Equal settings values; one training file equals a list holding only it."""
+    one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v  # noqa: E731
+    return one(a) == one(b)
+
+
+# What a resume may change: how long the run goes on and how often it saves and evaluates, none of which changes
+# a step it replays. Not `steps` under a curriculum: its level schedule is a share of the steps.
+RESUME_OVERRIDES = ("steps", "max_minutes", "save_every", "eval_every", "eval_limit")
+
+
+def restore_settings(given: dict) -> RLSettings:
+    """The settings of the run that `--resume` continues: `<out>/settings.json` (out from `given`, else the
+    default). A resumed run replays the run it continues (everything random derives from seed and step), so every
+    setting given again must equal the run's (except RESUME_OVERRIDES); one that differs is a SettingsError.
+    Without settings.json (no run there yet) `given` starts it."""
+    out = Path(given.get("out") or _FIELDS["out"].default)
+    path = out / "settings.json"
+    if not path.is_file():
+        return RLSettings.from_dict(given)
+    try:
+        saved_d = json.loads(path.read_text())
+    except ValueError as e:
+        raise SettingsError(f"{path}: not JSON ({e})") from None
+    saved = RLSettings.from_dict(saved_d)
+    asked = RLSettings.from_dict({**saved_d, **{k: ({**saved_d.get(k, {}), **v} if isinstance(v, dict) else v)
+                                                for k, v in given.items()}})
+    diffs = []
+    safe = RESUME_OVERRIDES if saved.curriculum == "none" else tuple(n for n in RESUME_OVERRIDES if n != "steps")
+    for k, v in given.items():
+        if k in safe:
+            continue
+        pairs = ([(f"{k}.{n}", getattr(getattr(asked, k), n), getattr(getattr(saved, k), n)) for n in v]
+                 if isinstance(v, dict) else [(k, getattr(asked, k), getattr(saved, k))])
+        diffs += [f"{name} {a!r} (the run's: {b!r})" for name, a, b in pairs if not _same(a, b)]
+    if diffs:
+        raise SettingsError(f"{path}: --resume continues the run with its own settings, and these differ: "
+                            f"{'; '.join(diffs)}. Leave them out, or start a new run with another out "
+                            f"(a resume may change only {', '.join(safe)})")
+    return RLSettings.from_dict({**saved_d, **{k: given[k] for k in safe if k in given}})
+
+
+def apply_adapter_prompt(s: RLSettings, out: Path) -> None:
+    """With `init_adapter`: prompt as the adapter was trained (its judge_prompt.json), as eval, judge and serve do.
+    Its answer prefix applies when `answer_prefix` is unset (""); its system prompt when `system_prompt_file` is
+    unset (a custom text is written to `<out>/system_prompt.txt` and named there, so settings.json records it). A
+    setting that differs from the adapter's is a SettingsError."""
+    from mlxhv.prompts import SYSTEM_PROMPT, load_system_prompt, read_prompt_config
+
+    saved = read_prompt_config(resolve_path(s.init_adapter)) if s.init_adapter else None
+    if saved is None:
+        return
+    where = resolve_path(s.init_adapter) / PROMPT_CONFIG_FILE
+    if s.answer_prefix and s.answer_prefix != saved.answer_prefix:
+        raise SettingsError(f"answer_prefix {s.answer_prefix!r}: init_adapter was trained with "
+                            f"{saved.answer_prefix!r} ({where}); leave it unset to use the adapter's")
+    s.answer_prefix = saved.answer_prefix
+    if s.system_prompt_file:
+        if load_system_prompt(s.system_prompt_file) != saved.system_prompt_text:
+            raise SettingsError(f"system_prompt_file {s.system_prompt_file}: differs from the system prompt "
+                                f"init_adapter was trained with ({where}); leave it unset to use the adapter's")
+    elif saved.system_prompt_text != SYSTEM_PROMPT:
+        path = out / "system_prompt.txt"
+        out.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != saved.system_prompt_text:
+            path.write_text(saved.system_prompt_text, encoding="utf-8")
+        s.system_prompt_file = str(path)
 PPO_ONLY = ("score_baseline", "whiten_rewards", "whiten_advantages", "gamma", "lam")  # GRPO: group baseline
 PPO_ONLY_LOSS = ("clip_range", "clip_range_value", "vf_coef", "ent_coef")  # GRPO: grpo.clip_low / clip_high
 
@@ -186,7 +258,11 @@ def init_state(model, tokenizer, settings: RLSettings) -> RLState:
     """Wrap the model with LoRA (fresh, B = 0, or `settings.init_adapter`'s), add the value head and optimizer.
     With an init adapter, `settings.lora` becomes the adapter's layout (leave lora unset, or equal to that layout)."""
     if settings.init_adapter:
-        layout = load_adapters(model, settings.init_adapter)
+        where = resolve_path(settings.init_adapter)
+        if not (where / "adapter_config.json").is_file():
+            raise SettingsError(f"init_adapter {settings.init_adapter}: not an adapter directory "
+                                "(no adapter_config.json)")
+        layout = load_adapters(model, str(where))
         if settings.lora not in (LoRASettings(), layout):
             raise SettingsError("lora: the LoRA layout comes from init_adapter; leave lora unset")
         settings.lora = layout
@@ -464,11 +540,13 @@ def train(settings: RLSettings, resume: bool = False, progress: bool = True, tas
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
+    apply_adapter_prompt(s, out)
     system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
-    holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []
+    holdout = load_examples(resolve_path(s.holdout))[: s.eval_limit] if s.holdout else []
     if task is None:
-        examples = load_training_sets(s.train, s.synth, s.synth_seed, exclude=holdout)
+        train_files = [str(resolve_path(t)) for t in ([s.train] if isinstance(s.train, str) else s.train)]
+        examples = load_training_sets(train_files, s.synth, s.synth_seed, exclude=holdout)
         task = JudgeTask.build(examples, tokenizer, system_prompt, s.answer_prefix, s.reward, s.balance_classes,
                                s.curriculum, s.curriculum_ramp, s.steps)
     state = init_state(model, tokenizer, s)
