@@ -72,6 +72,26 @@ def _levels(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"{text!r}: expected comma-separated levels such as 1,2,3,4", param_hint="--levels")
 
 
+def _confirm_cost(settings) -> None:
+    """Show what the run is expected to cost and ask; no answer or "no" is a SettingsError (nothing called)."""
+    from mlxhv.datagen import make_client
+    from mlxhv.datagen.estimate import estimate_remaining
+    from mlxhv.errors import SettingsError
+
+    make_client(settings.client)  # a missing API key fails before the question
+    n, est = estimate_remaining(settings)
+    click.echo(est.format(f"estimated tokens and cost of the {n} example(s) to write (assumes "
+                          f"{settings.est_reject_rate:.0%} regenerated, {settings.est_writer_completion_tokens} "
+                          "completion tokens per writer call incl. reasoning)"), err=True)
+    try:
+        ok = click.confirm("go ahead?", default=False, err=True)
+    except click.Abort:  # end of input: nobody to ask
+        ok = None
+    if not ok:
+        raise SettingsError("not confirmed, nothing was called" if ok is False else
+                            "no answer to \"go ahead?\" on standard input; pass --yes to run without asking")
+
+
 def _run(fn):
     """Run a generation job (its errors are MlxhvErrors: the app's one mapper prints them)."""
     return fn()
@@ -79,9 +99,9 @@ def _run(fn):
 
 @click.command()
 @click.option("-n", "n", type=int, default=60, show_default=True, help="Topics in all, spread evenly.")
-@click.option("--domains", default=",".join(DOMAINS), show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
-@click.option("--model", default="o1", show_default=True)
+@click.option("--domains", default=",".join(DOMAINS), show_default=True, help="Comma-separated domains.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Topics JSONL to write.")
+@click.option("--model", default="o1", show_default=True, help="The model that writes the topics.")
 @click.option("--max-tokens", type=int, default=16000, show_default=True,
               help="Completion token limit per request (reasoning included).")
 @_client_options
@@ -111,23 +131,28 @@ def topics(n, domains, out, model, max_tokens, base_url, mode, concurrency, time
 @click.option("--domains", default=None, help="Comma-separated subset (default: every domain in the topics).")
 @click.option("--levels", default="1,2,3,4", show_default=True, help="Curriculum levels to plan.")
 @click.option("--id-prefix", default="gen", show_default=True, help="Ids are PREFIX-fin-0001 …")
-@click.option("--writer-model", default="o1", show_default=True)
-@click.option("--qa-model", default="gpt-4o-mini", show_default=True)
+@click.option("--writer-model", default="o1", show_default=True, help="The model that writes the examples.")
+@click.option("--qa-model", default="gpt-4o-mini", show_default=True, help="The QA judge that grades each example.")
 @click.option("--no-qa", is_flag=True, help="Keep every valid example without the QA judge.")
-@click.option("--writer-max-tokens", type=int, default=16000, show_default=True)
-@click.option("--qa-max-tokens", type=int, default=4000, show_default=True)
+@click.option("--writer-max-tokens", type=int, default=16000, show_default=True,
+              help="Completion token limit per writer request (reasoning included).")
+@click.option("--qa-max-tokens", type=int, default=4000, show_default=True,
+              help="Completion token limit per QA request.")
 @click.option("--max-attempts", type=int, default=4, show_default=True,
               help="Writer attempts per example (invalid replies and QA rejections alike).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the estimated token cost; call nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Run without showing the cost estimate and asking first.")
 @click.option("--est-writer-tokens", type=int, default=2500, show_default=True,
               help="Dry run: completion tokens per writer call, reasoning included (~600 for non-reasoning models).")
 @click.option("--est-reject-rate", type=float, default=0.25, show_default=True,
               help="Dry run: share of examples expected to be regenerated.")
 @_client_options
 def generate(topics_path, n, out, seed, domains, levels, id_prefix, writer_model, qa_model, no_qa,
-             writer_max_tokens, qa_max_tokens, max_attempts, dry_run, est_writer_tokens, est_reject_rate, base_url, mode, concurrency, timeout_s,
-             max_retries, backoff_base_s, max_fix_rounds, temperature, prices, no_progress, force):
-    """Generate a planned, balanced curriculum of examples, graded by a QA judge; resumes after a kill."""
+             writer_max_tokens, qa_max_tokens, max_attempts, dry_run, yes, est_writer_tokens, est_reject_rate,
+             base_url, mode, concurrency, timeout_s, max_retries, backoff_base_s, max_fix_rounds, temperature,
+             prices, no_progress, force):
+    """Generate a planned, balanced curriculum of examples, graded by a QA judge; resumes after a kill. Shows the
+    estimated cost of what is left to write and asks first (--yes skips the question)."""
     from mlxhv.datagen import DatagenSettings, dry_run as plan_only, generate_examples
 
     settings = DatagenSettings(
@@ -140,6 +165,8 @@ def generate(topics_path, n, out, seed, domains, levels, id_prefix, writer_model
     if dry_run:
         _run(lambda: plan_only(settings, echo=click.echo))
         return
+    if not yes:
+        _confirm_cost(settings)
     report = _run(lambda: generate_examples(settings, echo=click.echo))
     if not report.complete:
         sys.exit(1)

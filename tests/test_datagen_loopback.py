@@ -90,7 +90,7 @@ def first_item(s):
 
 def generate_args(topics_file, out, srv, n=20):
     return ["data", "generate", "--topics", str(topics_file), "-n", str(n), "-o", str(out), "--base-url", srv.url,
-            "--concurrency", "2", "--backoff", "0.01", "--no-progress"]
+            "--concurrency", "2", "--backoff", "0.01", "--no-progress", "--yes"]
 
 
 def spawn_cli(args):
@@ -358,7 +358,7 @@ def test_server_failing_hard_then_resume(tmp_path, server, topics_file):
 
 def test_a_different_plan_is_refused_unless_force(tmp_path, server, topics_file):
     base = ["data", "generate", "--topics", str(topics_file), "-o", str(tmp_path / "ex.jsonl"),
-            "--base-url", server.url, "--no-progress"]
+            "--base-url", server.url, "--no-progress", "--yes"]
     assert CliRunner().invoke(main, base + ["-n", "4"]).exit_code == 0
     r = CliRunner().invoke(main, base + ["-n", "6"])
     assert r.exit_code != 0 and "different plan" in r.output and "--force" in r.output
@@ -375,7 +375,7 @@ def test_a_different_plan_is_refused_unless_force(tmp_path, server, topics_file)
 
 def test_api_key_never_appears_in_output_or_files(tmp_path, server, topics_file):
     args = ["data", "generate", "--topics", str(topics_file), "-n", "3", "-o", str(tmp_path / "ex.jsonl"),
-            "--base-url", server.url, "--no-progress", "--max-fix-rounds", "0"]
+            "--base-url", server.url, "--no-progress", "--max-fix-rounds", "0", "--yes"]
     server.push(reply(f"my key is {KEY} and the answer is VALIDATED"), kind="example")  # echoed into a reject
     server.push(error(401, f"Incorrect API key provided: {KEY}. You can find your API key at ..."))
     r = CliRunner().invoke(main, args)
@@ -394,6 +394,28 @@ def test_dry_run_calls_nothing_and_estimates_cost(tmp_path, server, topics_file)
     assert "VALIDATED   175  target 150-200  ok" in r.output and "estimated tokens and cost" in r.output
     assert "o1" in r.output and "total cost: $" in r.output
     assert server.requests == [] and list(tmp_path.iterdir()) == [topics_file]
+
+
+def test_generate_shows_the_cost_and_asks_first(tmp_path, server, topics_file):
+    out = tmp_path / "ex.jsonl"
+    args = ["data", "generate", "--topics", str(topics_file), "-n", "4", "-o", str(out), "--base-url", server.url,
+            "--no-progress", "--price", "o1=10,40", "--price", "gpt-4o-mini=1,2"]
+    r = CliRunner().invoke(main, args, input="n\n")
+    assert r.exit_code == 2 and "estimated tokens and cost of the 4 example(s) to write" in r.output
+    assert "total cost: $" in r.output and "go ahead? [y/N]" in r.output
+    assert "error: not confirmed, nothing was called" in r.output
+    r = CliRunner().invoke(main, args)  # nobody to answer
+    assert r.exit_code == 2 and "pass --yes to run without asking" in r.output
+    assert server.requests == [] and not out.exists()
+    r = CliRunner().invoke(main, args[:5] + ["2"] + args[6:], input="y\n")  # 2 of the 4 planned, then resume
+    assert r.exit_code == 0, r.output
+    assert len(jsonl(out)) == 2
+    r = CliRunner().invoke(main, args, input="y\n")  # another plan in OUT: refused before the question
+    assert r.exit_code == 2 and "was written for a different plan" in r.output and "go ahead?" not in r.output
+    r = CliRunner().invoke(main, args + ["--force", "--yes"])
+    assert r.exit_code == 0 and len(jsonl(out)) == 4
+    r = CliRunner().invoke(main, args, input="n\n")  # the same plan, all written: nothing left to pay for
+    assert "of the 0 example(s) to write" in r.output
 
 
 def test_no_key_for_openai_is_a_clean_error(tmp_path, topics_file, monkeypatch):
@@ -436,7 +458,7 @@ def test_topics_then_generate_end_to_end(tmp_path, server):
     out = tmp_path / "examples.jsonl"
     r = CliRunner().invoke(main, ["data", "generate", "--topics", str(topics), "-n", "14", "-o", str(out),
                                   "--base-url", server.url, "--concurrency", "4", "--no-progress",
-                                  "--price", "o1=1,2"])
+                                  "--price", "o1=1,2", "--yes"])
     assert r.exit_code == 0, r.output
     check_plan_satisfied(DatagenSettings(topics=topics, out=out, n=14))
     r = CliRunner().invoke(main, ["data", "validate", str(out)])
@@ -483,7 +505,7 @@ def test_ctrl_c_stops_within_seconds_keeps_every_accepted_example_then_resumes(t
         proc.kill()
     assert hanging == 2 and 3 <= qa_answered < 20, (hanging, qa_answered, output)
     assert stopped_in < 5.0, (stopped_in, output)  # the hanging calls (30 s) were not waited for
-    assert proc.returncode == 1 and "stopped early: interrupted (Ctrl-C)" in output, output
+    assert proc.returncode == 130 and "stopped early: interrupted (Ctrl-C)" in output, output  # cli/common.py
     examples = load_examples(out)  # valid JSONL, each line a valid Example, ids unique
     assert len(examples) == qa_answered  # every example the judge accepted is on disk
     _, items, _ = make_plan(DatagenSettings(topics=topics_file, out=out, n=20))

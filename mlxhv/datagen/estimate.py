@@ -11,7 +11,7 @@ from mlxhv.datagen.drafts import SAMPLES, ExampleDraft, QAVerdict
 from mlxhv.datagen.ledger import Ledger, ModelUsage
 from mlxhv.datagen.plan import PlanItem, format_plan
 from mlxhv.datagen.instructions import qa_messages, writer_messages
-from mlxhv.datagen.resume import make_plan, read_done, read_stored_plan
+from mlxhv.datagen.resume import check_output, make_plan, read_done, read_stored_plan
 from mlxhv.datagen.settings import DatagenSettings, side_path
 from mlxhv.schema import Example
 
@@ -73,3 +73,13 @@ def dry_run(settings: DatagenSettings, echo: Callable[[str], None] = print) -> t
     echo(est.format(f"estimated tokens and cost (assumes {settings.est_reject_rate:.0%} regenerated, "
                     f"{settings.est_writer_completion_tokens} completion tokens per writer call incl. reasoning)"))
     return items, est
+
+
+def estimate_remaining(settings: DatagenSettings) -> tuple[int, Ledger]:
+    """(examples still to write, their expected tokens and cost): the plan less what OUT already holds. Refuses an
+    OUT the run would refuse (`resume.check_output`). Calls nothing, writes nothing."""
+    _, items, fingerprint = make_plan(settings)
+    stored = check_output(settings, fingerprint)
+    done = read_done(settings.out, items) if stored is not None and settings.out.exists() else {}
+    todo = [it for it in items if it.id not in done]
+    return len(todo), estimate_cost(todo, settings)

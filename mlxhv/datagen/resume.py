@@ -59,15 +59,15 @@ def read_stored_plan(plan_file: Path) -> Optional[dict]:
         raise DataError([LineError(str(plan_file), 0, "", f"malformed JSON: {e}")]) from None
 
 
-def open_output(settings: DatagenSettings, items: list[PlanItem], fingerprint: str) -> dict[str, Example]:
-    """Start or resume OUT: check the stored plan, cut partial lines, return the examples already done."""
+def check_output(settings: DatagenSettings, fingerprint: str) -> Optional[dict]:
+    """Refuse an OUT that a run could not resume (another plan's, or not a plan's at all) unless --force; return
+    its stored plan (None: none yet). Reads only."""
     out = settings.out
     plan_file = side_path(out, "plan.json")
-    if settings.force:
-        for p in [out] + [side_path(out, s) for s in SIDE_FILES]:
-            p.unlink(missing_ok=True)
     if out.exists() and out.is_dir():
-        raise IsADirectoryError(f"{out}: is a directory, expected a .jsonl file")
+        raise OutputExists(f"{out}: is a directory, expected a .jsonl file")
+    if settings.force:
+        return None
     stored = read_stored_plan(plan_file)
     if stored is not None:
         if stored.get("fingerprint") != fingerprint:
@@ -78,7 +78,18 @@ def open_output(settings: DatagenSettings, items: list[PlanItem], fingerprint: s
     elif out.exists() and out.stat().st_size > 0:
         raise OutputExists(f"{out}: already exists and has no {plan_file.name}, so it is not from this plan "
                            "(use --force to discard it and start over)")
-    else:
+    return stored
+
+
+def open_output(settings: DatagenSettings, items: list[PlanItem], fingerprint: str) -> dict[str, Example]:
+    """Start or resume OUT: check the stored plan, cut partial lines, return the examples already done."""
+    out = settings.out
+    plan_file = side_path(out, "plan.json")
+    if settings.force:
+        for p in [out] + [side_path(out, s) for s in SIDE_FILES]:
+            p.unlink(missing_ok=True)
+    stored = check_output(settings, fingerprint)
+    if stored is None:
         write_json_atomic(plan_file, {
             "fingerprint": fingerprint, "n": settings.n, "seed": settings.seed, "levels": list(settings.levels),
             "domains": sorted({it.domain for it in items}), "id_prefix": settings.id_prefix,
