@@ -1,8 +1,17 @@
 """The one way the CLI reports an error a user caused: `error: <message>` on stderr, exit status 2.
 
-`cli.main` is an `App` group, so every command runs inside `user_errors()`; commands raise the library's
-`mlxhv.errors.MlxhvError` subclasses and never format errors themselves. Click's own usage errors keep click's
-format (also exit status 2).
+`mlxhv.cli.main` is an `App` group, so every command runs inside `user_errors()`; commands raise the library's
+`mlxhv.errors.MlxhvError` subclasses and never format errors themselves.
+
+Exit status, one per kind of outcome:
+
+- 0: done.
+- 1: the command ran and says, on stderr, that its goal is not met (`data stats --strict`: balance targets
+  missed; `data topics` / `data generate`: short of the quota, rerun to retry), or a bug (a traceback).
+- 2: the user's input is wrong: a usage error (click's own format: unknown option, missing argument, a path
+  that does not exist), or any `MlxhvError` — bad data lines, invalid or conflicting settings, a model that
+  cannot load, an output that exists, a refused confirmation.
+- 130: interrupted (Ctrl-C); every long job resumes when run again.
 """
 
 from __future__ import annotations
@@ -41,14 +50,21 @@ def report(e: MlxhvError) -> None:
         click.echo(f"error: {e}", err=True)
 
 
+USER_ERROR = 2
+INTERRUPTED = 130
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Run a command; an MlxhvError becomes `report(e)` and exit status 2."""
+    """Run a command; an MlxhvError becomes `report(e)` and exit status 2, Ctrl-C exit status 130."""
     try:
         yield
     except MlxhvError as e:
         report(e)
-        sys.exit(2)
+        sys.exit(USER_ERROR)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; run the same command again to resume", err=True)
+        sys.exit(INTERRUPTED)
 
 
 class App(click.Group):

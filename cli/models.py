@@ -92,11 +92,11 @@ def doctor(as_json, quick):
               help="More prompts: a .txt file (one per line) or .jsonl with a 'prompt' field.")
 @click.option("--system", default=None, help="System message for the chat template.")
 @click.option("--raw", is_flag=True, help="Feed the prompt text as is (no chat template).")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Token budget per answer.")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (1.0: off).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (unused when greedy).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Prompts decoded together.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Write completions (text, tokens, logprobs) as JSONL.")
 @click.option("--no-memory-check", is_flag=True, help="Load even when the weights look too big for memory.")
@@ -138,15 +138,21 @@ def generate(prompts, model, precision, adapter_path, prompts_file, system, raw,
 
 
 def _read_prompts(path: Path) -> list[str]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    """Prompts from a .txt file (one per non-empty line) or a .jsonl file ({"prompt": …} per line)."""
+    from mlxhv.data.io import LineError
+    from mlxhv.errors import DataError
+
+    numbered = [(n, ln) for n, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
     if path.suffix != ".jsonl":
-        return lines
-    out = []
-    for n, ln in enumerate(lines, 1):
+        return [ln for _, ln in numbered]
+    out, errors = [], []
+    for n, ln in numbered:
         try:
-            out.append(json.loads(ln)["prompt"])
+            out.append(str(json.loads(ln)["prompt"]))
         except (ValueError, KeyError, TypeError):
-            raise click.ClickException(f"{path}:{n}: expected a JSON object with a 'prompt' field")
+            errors.append(LineError(str(path), n, "prompt", "expected a JSON object with a 'prompt' field"))
+    if errors:
+        raise DataError(errors)
     return out
 
 

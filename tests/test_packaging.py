@@ -42,3 +42,15 @@ def test_cli_imports_as_mlxhv_cli():
 
     assert Path(mlxhv.cli.__file__).parent == ROOT / "cli"
     assert mlxhv.cli.main.name == "main"
+
+
+def test_install_script_refuses_an_old_python(tmp_path):
+    import subprocess
+
+    fake = tmp_path / "python3.9"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-V" ]; then echo "Python 3.9.18"; exit 0; fi\nexit 1\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], env={"PATH": "/usr/bin:/bin",
+                       "PYTHON": str(fake)}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"error: mlxhv needs Python >= 3.10; {fake} is Python 3.9.18." in r.stderr
