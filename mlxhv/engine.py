@@ -58,7 +58,7 @@ class GenerationSettings:
     ignore_eos: bool = False              # generate exactly max_tokens (benchmarks)
     # OpenBLAS threads for prompts / decode steps; None leaves the process setting (MLXHV_BLAS_THREADS,
     # default 1; a None prefill_threads runs prompts at decode_threads). 2 speeds prompts up ~30 % on an idle
-    # 2-core box, but spinning BLAS threads collapse when other processes compete for the cores (DESIGN.md),
+    # 2-core box, but spinning BLAS threads collapse when other processes compete for the cores (docs/design.md),
     # so 1 is the safe default.
     prefill_threads: int | None = None
     decode_threads: int | None = None

@@ -1,6 +1,6 @@
 """The one schema that flows through mlxhv: `Example` in, `Prediction` out.
 
-Rules (../shared/DESIGN.md):
+Rules (docs/design.md):
 - a VALIDATED example has confidence >= 0.7;
 - `refined_hypothesis` is set for, and only for, REFINED examples;
 - at least one evidence item; relevance and confidence in [0, 1];

@@ -1,6 +1,6 @@
 """Dataset statistics and the class-balance check.
 
-Balance targets (DESIGN.md) for a 350-example set: VALIDATED 150-200, REJECTED 100-150, REFINED 50-100.
+Balance targets (docs/design.md) for a 350-example set: VALIDATED 150-200, REJECTED 100-150, REFINED 50-100.
 For a set of n examples each bound is scaled by n/350 (lower bound floored, upper bound ceiled).
 """
 

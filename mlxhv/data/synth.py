@@ -11,7 +11,7 @@ neutral — written into its text with fixed marker phrases so `infer_stances` c
             REJECTED   otherwise
     confidence = min(0.97, 0.5 + 0.5 * (w[winner] - w[runner_up]) / (w[support] + w[contradict] + w[scope]))
 
-Curriculum (DESIGN.md): level 1 — 2-3 items, all of the winning stance, high relevance; level 2 — one weaker
+Curriculum (docs/design.md): level 1 — 2-3 items, all of the winning stance, high relevance; level 2 — one weaker
 opposing or neutral item; level 3 — mixed evidence that must be weighed; level 4 — adds strong-sounding items of
 low relevance (< 0.3, ignored by the rule) that point the wrong way. Items are drawn per level and re-drawn until
 the rule gives the planned label (and VALIDATED reaches confidence 0.7), so labels never disagree with the rule.
@@ -27,7 +27,7 @@ from mlxhv.schema import DECISIONS, DOMAINS, Decision, Evidence, Example, Metada
 RELEVANCE_FLOOR = 0.3
 STANCES = ("support", "contradict", "scope", "neutral")
 MAIN_STANCE = {"VALIDATED": "support", "REJECTED": "contradict", "REFINED": "scope"}
-DECISION_WEIGHTS = {"VALIDATED": 0.5, "REJECTED": 0.3, "REFINED": 0.2}  # inside the DESIGN.md balance targets
+DECISION_WEIGHTS = {"VALIDATED": 0.5, "REJECTED": 0.3, "REFINED": 0.2}  # inside the balance targets of docs/design.md
 LEVEL_WEIGHTS = {1: 0.35, 2: 0.3, 3: 0.2, 4: 0.15}
 
 

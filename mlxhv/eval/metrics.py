@@ -11,7 +11,7 @@ Conventions (one place, used everywhere):
   confidence (None when there are none): the calibration of what the judge actually stated.
 - Brier is the *top-label binary* Brier score: mean over examples of (q − c)², q the scored confidence in the
   predicted decision, c = 1 if that decision is right else 0. Range [0, 1]; 0 is perfect. It is the penalty term
-  of the RLCR calibration reward (DESIGN.md), so eval and RL measure the same thing. (Not the multi-class Brier,
+  of the RLCR calibration reward (docs/design.md), so eval and RL measure the same thing. (Not the multi-class Brier,
   which would need a full distribution over the three decisions; the judge states one number.)
 - ECE is top-label expected calibration error with `n_bins` (15) equal-width bins: bin b holds confidences in
   [b/n, (b+1)/n), the last bin also holds 1.0; ECE = Σ_b (n_b / N) · |acc_b − conf_b|, where acc_b is the share
