@@ -24,7 +24,8 @@ def data():
 
 @data.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["auto", "example", "topic"]), default="auto", show_default=True)
+@click.option("--kind", type=click.Choice(["auto", "example", "topic"]), default="auto", show_default=True,
+              help="Record type of FILES (auto: from each file's first record).")
 def validate(files, kind):
     """Check FILES against the schema; report every bad line as file:line: field: message."""
     recs, errors = validate_files(list(files), kind)
@@ -53,7 +54,7 @@ def stats(file, as_json, strict):
 @data.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--holdout", type=float, default=0.2, show_default=True, help="Fraction held out.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split's shuffles.")
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
               help="Where train.jsonl and holdout.jsonl go (default: next to FILE).")
 @click.option("--by-group", is_flag=True,
@@ -131,16 +132,16 @@ def import_(file, fmt, out, claim_col, evidence_col, label_col, id_col, group_co
 
 
 @data.command()
-@click.option("-n", "n", type=int, default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+@click.option("-n", "n", type=int, default=100, show_default=True, help="Examples to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output JSONL of examples.")
 @click.option("--levels", default="1,2,3,4", show_default=True, help="Comma-separated curriculum levels.")
 @click.option("--decision-weights", default=None,
               help="Class mix, e.g. 'balanced' or 'VALIDATED=2,REJECTED=1,REFINED=1' [default: 0.5/0.3/0.2].")
 @click.option("--exclude", "excludes", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL file of examples (repeatable): leave out any example with the same hypothesis and "
                    "evidence, so a holdout shares no prompt with a training set.")
-@click.option("--force", is_flag=True)
+@click.option("--force", is_flag=True, help="Overwrite OUT.")
 def synth(n, seed, out, levels, decision_weights, excludes, force):
     """Procedurally generate N examples with known, rule-checkable labels (for tests and RL smoke runs)."""
     lv = tuple(int(x) for x in levels.split(","))
@@ -158,7 +159,8 @@ def synth(n, seed, out, levels, decision_weights, excludes, force):
 
 
 @data.command()
-@click.option("--kind", type=click.Choice(sorted(SCHEMAS)), default="example", show_default=True)
+@click.option("--kind", type=click.Choice(sorted(SCHEMAS)), default="example", show_default=True,
+              help="Which record type's schema to print.")
 def schema(kind):
     """Print the JSON schema of a record type (what structured outputs are given)."""
     click.echo(json.dumps(json_schema(kind), indent=2))

@@ -12,7 +12,7 @@ from mlxhv.cli.judge import judge_options, load_judge
 @click.command("serve")
 @judge_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
 @click.option("--max-batch", type=int, default=16, show_default=True,
               help="Rows decoded together; requests join and leave the running batch between steps.")
 @click.option("--batch-wait", type=float, default=0.02, show_default=True,
@@ -23,12 +23,13 @@ from mlxhv.cli.judge import judge_options, load_judge
               help="Requests waiting to join the batch at most; beyond, 429 with Retry-After.")
 @click.option("--request-timeout", type=float, default=300.0, show_default=True,
               help="Seconds from receiving a request to its reply; beyond, 504 and its row leaves the batch.")
-@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True,
+              help="Largest request body accepted (413 beyond).")
 @click.option("--fast-kernels/--no-fast-kernels", default=True, show_default=True,
               help="The engine's own CPU blocks (mlxhv.kernels) or mlx-lm's.")
 @click.option("--model-name", default=None, help="The model id clients see (default: --model).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
-              show_default=True)
+              show_default=True, help="Server log verbosity.")
 def serve(model, adapter, no_adapter, precision, max_tokens, temperature, top_p, seed, answer_prefix,
           system_prompt_file, max_prompt_tokens, host, port, max_batch, batch_wait, max_connections, max_queue,
           request_timeout, max_body_bytes, fast_kernels, model_name, log_level):
