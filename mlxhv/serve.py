@@ -41,7 +41,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator, Optional
@@ -50,41 +49,14 @@ from mlxhv.errors import SettingsError
 from mlxhv.judge import Judge
 from mlxhv.serve_batch import Job, Scheduler
 from mlxhv.serve_metrics import Metrics
-from mlxhv.serve_request import (SCHEMA_NAME, BadRequest, JudgeRequest, chat_chunk, chat_completion, error_body,
-                                 final_chunks, loads_bounded, parse_chat_request)
+from mlxhv.serve_request import (SCHEMA_NAME, BadRequest, JudgeRequest, ServeSettings, chat_chunk,  # noqa: F401
+                                 chat_completion, error_body, final_chunks, loads_bounded, parse_chat_request)
 
 log = logging.getLogger("mlxhv.serve")
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _POLL_S = 0.05  # how often a waiting handler checks its client and its deadline
 _LINGER_S, _LINGER_BYTES = 1.0, 8 << 20  # after a refusal, unread input dropped for at most this long / much
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080  # 0: any free port (tests)
-    max_batch: int = 16  # rows decoding together
-    batch_wait_s: float = 0.02  # an idle worker waits this long after a request for others to start with it
-    max_body_bytes: int = 1 << 20
-    model_name: Optional[str] = None  # the id /v1/models reports and replies carry; default: the judge's model
-    max_connections: int = 64  # open client connections (threads) at most; beyond: 503
-    max_queue: int = 64  # requests waiting to join the batch at most; beyond: 429
-    request_timeout_s: float = 300.0  # receive to reply; beyond: 504 and the row leaves the batch
-    read_timeout_s: float = 30.0  # a client's time to send its request (and idle keep-alive time)
-    max_json_depth: int = 64  # nesting of the body's JSON and of the input's JSON
-    max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
-    drain_timeout_s: float = 120.0  # how long drain() waits for requests in flight
-    fast_kernels: bool = True  # the engine's own CPU blocks (mlxhv.kernels); False: mlx-lm's
-
-    def __post_init__(self):
-        for name in ("max_batch", "max_connections", "max_queue", "max_body_bytes", "max_json_depth",
-                     "max_tokens_limit"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch_wait_s", "request_timeout_s", "read_timeout_s", "drain_timeout_s"):
-            if not getattr(self, name) >= 0:
-                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _http_bytes(status: int, obj: dict, headers: dict) -> bytes:

@@ -1,5 +1,6 @@
 """What the judge server reads and writes: a chat-completions body validated into a `JudgeRequest`, and the
-OpenAI objects it answers with (`chat.completion`, `chat.completion.chunk`, the error body).
+OpenAI objects it answers with (`chat.completion`, `chat.completion.chunk`, the error body), and the server's
+settings (`ServeSettings`: limits, timeouts, batch size).
 
 Everything a client can get wrong raises `BadRequest` (an `MlxhvError`) with the HTTP status, the message and
 the offending field; the server turns it into `{"error": {"message", "type", "param", "code"}}`.
@@ -15,13 +16,41 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mlxhv import __version__
-from mlxhv.errors import DataError, MlxhvError
+from mlxhv.errors import DataError, MlxhvError, SettingsError
 from mlxhv.judge import JudgeInput, as_input
 from mlxhv.schema import Prediction
 
 SCHEMA_NAME = Prediction.__name__  # the response_format schema name (or title) that asks for a Prediction
 MAX_SEED = 2**32 - 1
 MAX_TEMPERATURE = 2.0  # OpenAI's range
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port (tests)
+    max_batch: int = 16  # rows decoding together
+    batch_wait_s: float = 0.02  # an idle worker waits this long after a request for others to start with it
+    max_body_bytes: int = 1 << 20
+    model_name: Optional[str] = None  # the id /v1/models reports and replies carry; default: the judge's model
+    max_connections: int = 64  # open client connections (threads) at most; beyond: 503
+    max_queue: int = 64  # requests waiting to join the batch at most; beyond: 429
+    request_timeout_s: float = 300.0  # receive to reply; beyond: 504 and the row leaves the batch
+    read_timeout_s: float = 30.0  # a client's time to send its request (and idle keep-alive time)
+    max_json_depth: int = 64  # nesting of the body's JSON and of the input's JSON
+    max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
+    drain_timeout_s: float = 120.0  # how long drain() waits for requests in flight
+    fast_kernels: bool = True  # the engine's own CPU blocks (mlxhv.kernels); False: mlx-lm's
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_connections", "max_queue", "max_body_bytes", "max_json_depth",
+                     "max_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_wait_s", "request_timeout_s", "read_timeout_s", "drain_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 
 class BadRequest(MlxhvError):
