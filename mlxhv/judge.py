@@ -167,7 +167,10 @@ class Judge:
         if unknown:
             raise SettingsError(f"unknown judge setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         s = JudgeSettings(**settings)
-        adapter = str(adapter) if adapter is not None else None
+        if adapter is not None:  # a path, or the name of a shipped adapter (`smollm2-135m-judge`)
+            from mlxhv.paths import resolve_path
+
+            adapter = str(resolve_path(adapter))
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             raise SettingsError(f"{adapter}: not an adapter directory (no adapter_config.json)")
         prompt = resolve_prompt_config(adapter, s.system_prompt_file, s.answer_prefix)

@@ -464,3 +464,12 @@ def test_compare_shows_auroc_and_token_metrics_and_pairs_in_the_library(tmp_path
     assert po["n"] == 6
     assert po["a_only"] == sum(tok_right[i] and not plain_right[i] for i in gold)
     assert po["b_only"] == sum(plain_right[i] and not tok_right[i] for i in gold)
+
+
+def test_settings_take_the_names_of_shipped_files(tmp_path, monkeypatch):
+    from mlxhv.paths import shipped_adapter, shipped_dir
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: the names can only mean the shipped copies
+    s = EvalSettings(adapter_path="smollm2-135m-judge", data="data/holdout.jsonl")
+    assert s.adapter_path == str(shipped_adapter()) and s.data == str(shipped_dir("data") / "holdout.jsonl")
+    assert EvalSettings(adapter_path="no/such/dir").adapter_path == "no/such/dir"  # reported missing by the loader

@@ -122,6 +122,12 @@ class EvalSettings:
     from_adapter: tuple = ()  # filled by resolved(): the fields taken from the adapter's prompt settings
 
     def __post_init__(self):
+        from mlxhv.paths import resolve_path
+
+        if self.adapter_path:  # a path, or a shipped adapter's name (`smollm2-135m-judge`)
+            self.adapter_path = str(resolve_path(self.adapter_path))
+        if self.data:  # a path, or a shipped data file's name (`data/holdout.jsonl`)
+            self.data = str(resolve_path(self.data))
         if self.answer_prefix is not None:
             self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
         if self.system_prompt is not None and self.system_prompt_file is not None:
