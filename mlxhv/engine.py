@@ -39,7 +39,7 @@ import mlx.core as mx
 from mlxhv import _blas, kernels
 from mlxhv.engine_cache import (  # noqa: F401  (re-exported: the engine's cache and memory helpers)
     _PLAIN_HEAD, _check_cache_kinds, _check_prompts, _context_length, _extend, _fill, _head, common_prefix_length,
-    fit_batch_size, forward_last, kv_bytes_per_token, merge_rows, prefill_prefix, prefill_row, split_prefix,
+    drop_spent, fit_batch_size, forward_last, kv_bytes_per_token, merge_rows, prefill_prefix, prefill_row, split_prefix,
 )
 from mlxhv.errors import SettingsError
 
@@ -216,15 +216,7 @@ class _Batch:
         dead = len(self.rows) - self.live()
         if dead == 0 or not (dead >= max(1, len(self.rows) // 4) or self.refill_due()):
             return
-        keep = [j for j, r in enumerate(self.rows) if not r.spent]
-        if not keep:
-            self.rows, self.cache, self.inputs = [], None, None
-            return
-        idx = mx.array(keep)
-        for c in self.cache:
-            c.filter(idx)
-        self.inputs = self.inputs[idx]
-        self.rows = [self.rows[j] for j in keep]
+        self.rows, self.cache, self.inputs = drop_spent(self.rows, self.cache, self.inputs)
 
     def admit(self) -> None:
         """Prefill waiting prompts into the free slots and extend the batch with them."""

@@ -140,6 +140,18 @@ def _extend(cache: list | None, other: list) -> list:
     return cache
 
 
+def drop_spent(rows: list, cache: list, inputs: mx.array) -> tuple[list, list | None, mx.array | None]:
+    """The rows that are not `spent`, with their cache rows (filtered in place) and next inputs; (`[]`, None,
+    None) when none is left."""
+    keep = [j for j, r in enumerate(rows) if not r.spent]
+    if not keep:
+        return [], None, None
+    idx = mx.array(keep)
+    for c in cache:
+        c.filter(idx)
+    return [rows[j] for j in keep], cache, inputs[idx]
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 

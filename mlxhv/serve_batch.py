@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 
 from mlxhv import kernels
-from mlxhv.engine import (GenerationSettings, _stop_ids, _top_p_mask, common_prefix_length, forward_last,
+from mlxhv.engine import (GenerationSettings, _stop_ids, _top_p_mask, common_prefix_length, drop_spent, forward_last,
                           merge_rows, prefill_prefix, prefill_row, split_prefix)
 from mlxhv.judge import Judge, JudgeInput, PromptTooLong
 from mlxhv.prompts import prompt_opens_think
@@ -133,15 +133,7 @@ class ContinuousDecoder:
         dead = len(self.rows) - self.live()
         if dead == 0 or not (force or dead >= max(1, len(self.rows) // 4)):
             return
-        keep = [j for j, r in enumerate(self.rows) if not r.spent]
-        if not keep:
-            self.rows, self.cache, self.inputs = [], None, None
-            return
-        idx = mx.array(keep)
-        for c in self.cache:
-            c.filter(idx)
-        self.inputs = self.inputs[idx]
-        self.rows = [self.rows[j] for j in keep]
+        self.rows, self.cache, self.inputs = drop_spent(self.rows, self.cache, self.inputs)
 
     def add(self, new: list[Row]) -> int:
         """Prefill `new` (each fits the prefix) and extend the batch with them; returns prompt tokens run."""

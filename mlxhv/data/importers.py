@@ -77,7 +77,7 @@ class ImportResult:
 
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | LineError]]:
     """(line number, row) pairs; a CSV row's line number is where the row starts (quoted fields span lines)."""
-    if fmt == "jsonl" or (fmt == "auto" and path.suffix == ".jsonl"):
+    if fmt == "jsonl":
         for line, obj in iter_jsonl(path):
             if isinstance(obj, dict) or isinstance(obj, LineError):
                 yield line, obj
@@ -103,12 +103,16 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | LineError]]:
 
 
 def import_claims(path: PathLike, spec: ImportSpec, fmt: str = "csv") -> ImportResult:
-    """Read `path` (CSV with a header row, or JSONL objects) into Examples; raise DataError listing every problem."""
+    """Read `path` (`fmt` "csv": a header row, or "jsonl": objects) into Examples; raise DataError listing every
+    problem."""
+    if fmt not in ("csv", "jsonl"):
+        raise SettingsError(f"fmt: 'csv' or 'jsonl', not {fmt!r}")
     path = Path(path)
-    needed = [c for c in (spec.claim, spec.evidence, spec.label, spec.id, spec.group, spec.source) if c]  # in a CSV header
+    # the columns a CSV header must name
+    needed = [c for c in (spec.claim, spec.evidence, spec.label, spec.id, spec.group, spec.source) if c]
     examples, errors, dropped, seen = [], [], Counter(), {}
     n = 0
-    for line, row in _rows(path, "jsonl" if fmt == "jsonl" else "csv"):
+    for line, row in _rows(path, fmt):
         if isinstance(row, LineError):
             errors.append(row)
             continue

@@ -323,9 +323,9 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
 
     out = quality_metrics(gold, pred, conf, n_bins, decision_prob=tok)
     returned = scored_confidences(pred, [p.confidence for p in preds])  # what the judge returns (Prediction doc)
-    ok_all = correctness(gold, pred)
-    out.update(ece_returned=ece(returned, ok_all, n_bins), brier_returned=brier(returned, ok_all),
-               auroc_returned=_defined(auroc(returned, ok_all)))
+    ok = correctness(gold, pred)
+    out.update(ece_returned=ece(returned, ok, n_bins), brier_returned=brier(returned, ok),
+               auroc_returned=_defined(auroc(returned, ok)))
     out["n_examples"] = len(by_id)
     out["n_missing"] = len(by_id) - len(preds)
     for key, attr in (("by_domain", lambda e: e.metadata.domain), ("by_level", lambda e: e.metadata.difficulty_level)):
@@ -337,7 +337,6 @@ def compute_metrics(examples: Sequence, predictions: Sequence, sessions: Iterabl
                                                    [conf[i] for i in idx], n_bins, [tok[i] for i in idx]))
             for g, idx in sorted(groups.items())
         }
-    ok = correctness(gold, pred)
     out["reliability"] = reliability_bins(scored_confidences(pred, conf), ok, n_bins)
     out["reliability_token"] = (reliability_bins(scored_confidences(pred, tok), ok, n_bins)
                                 if out["n_token"] else None)
