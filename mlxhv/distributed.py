@@ -40,8 +40,13 @@ def group():
     """The process group (size 1 when not launched by mlx.launch). Initialised once; installs the SIGTERM note."""
     global _GROUP
     if _GROUP is None:
+        # Under mlx.launch (it sets MLX_RANK) the note goes in before init: the other ranks can finish joining
+        # the ring, and one can exit, while this one is still inside init.
+        launched = "MLX_RANK" in os.environ
+        if launched:
+            signal.signal(signal.SIGTERM, _on_sigterm)
         _GROUP = mx.distributed.init()
-        if _GROUP.size() > 1:
+        if _GROUP.size() > 1 and not launched:
             signal.signal(signal.SIGTERM, _on_sigterm)
     return _GROUP
 
@@ -67,7 +72,8 @@ def describe() -> dict:
 
 
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised through mlx.launch in tests
-    sys.stderr.write(f"error: rank {rank()}: stopped by the launcher (another rank exited or was killed)\n")
+    who = _GROUP.rank() if _GROUP is not None else os.environ.get("MLX_RANK", "?")
+    sys.stderr.write(f"error: rank {who}: stopped by the launcher (another rank exited or was killed)\n")
     sys.stderr.flush()
     os._exit(3)
 

@@ -54,9 +54,10 @@ def test_rl_step_on_two_ranks_equals_one_process_on_the_union(tmp_path, algo):
         np.testing.assert_allclose(np.array(w2[k]), np.array(w1[k]), atol=1e-5, err_msg=k)
 
 
-def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("fault", ["die", "die-at-init"])
+def test_a_rank_that_dies_stops_the_others_with_a_clear_error(tmp_path, fault):
     t = time.monotonic()
-    r = launch([SCRIPT, tmp_path, "ppo", "die"], timeout=240)
+    r = launch([SCRIPT, tmp_path, "ppo", fault], timeout=240)
     out = r.stdout + r.stderr
     assert "error: rank 0:" in out and not (tmp_path / "weights.safetensors").exists(), out
     assert time.monotonic() - t < 200

@@ -1,7 +1,8 @@
 """Run under `mlx.launch -n 2` (or plainly, one rank): one RL iteration on the tiny llama, rank r taking every
 2nd prompt of the step; rank 0 writes the updated LoRA weights and the metrics to OUT (argv[1]).
 
-argv[2] (optional) is the algorithm; argv[3] "die" makes rank 1 exit before the update, "hang" makes it sleep."""
+argv[2] (optional) is the algorithm; argv[3] "die" makes rank 1 exit before the update, "die-at-init" right after joining the group (while rank 0
+may still be inside init), "hang" makes it sleep."""
 
 import json
 import os
@@ -31,6 +32,8 @@ def main(out: str, algo: str = "ppo", fault: str = "") -> None:
     from mlxhv.data import parse_decision_weights, synth_examples
 
     rank, world = distributed.rank(), distributed.size()
+    if fault == "die-at-init" and rank == 1:
+        os._exit(5)
     extra = dict(whiten_rewards=True) if algo == "ppo" else dict(grpo={"scale_rewards": "batch", "loss_type": "dapo"})
     s = RLSettings.from_dict(dict(algo=algo, prompts_per_step=4, samples_per_prompt=3, max_new_tokens=4,
                                    temperature=1.0, ppo_epochs=1, minibatch_size=12, lr=1e-2, kl_coef=0.1,
