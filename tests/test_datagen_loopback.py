@@ -20,7 +20,7 @@ from mlxhv.data.io import load_examples
 from mlxhv.data.stats import balance_targets
 from mlxhv.datagen import ClientSettings, DatagenSettings, generate_examples
 from mlxhv.datagen.resume import make_plan
-from mlxhv.datagen.settings import side_path
+from mlxhv.datagen.job import side_path
 from mlxhv.schema import DOMAINS
 
 KEY = "sk-test-SUPERSECRET0123456789"

@@ -16,12 +16,12 @@ from mlxhv.datagen.examples import generate_examples
 from mlxhv.datagen.ledger import DEFAULT_PRICES, Ledger
 from mlxhv.datagen.plan import PlanItem, format_plan, plan_examples, plan_fingerprint
 from mlxhv.datagen.pool import run_pool
-from mlxhv.datagen.report import GenerateReport
-from mlxhv.datagen.settings import DatagenSettings
+from mlxhv.datagen.run_report import DatagenReport
+from mlxhv.datagen.job import DatagenSettings
 from mlxhv.datagen.topics import TopicsSettings, generate_topics
 
 __all__ = [
-    "APIFailure", "ClientSettings", "DatagenError", "ReplyError", "call_json", "make_client", "GenerateReport",
+    "APIFailure", "ClientSettings", "DatagenError", "ReplyError", "call_json", "make_client", "DatagenReport",
     "DatagenSettings", "dry_run", "estimate_cost", "generate_examples", "DEFAULT_PRICES", "Ledger", "PlanItem",
     "format_plan", "plan_examples", "plan_fingerprint", "run_pool", "TopicsSettings", "generate_topics",
 ]

@@ -48,7 +48,7 @@ LOCAL_PLACEHOLDER_KEY = "not-needed"  # sent to --base-url servers when no key i
 
 @dataclass
 class ClientSettings:
-    """How to reach the API (shared by `topics` and `generate`)."""
+    """How to reach the API (shared by `mlxhv data topics` and `mlxhv data generate`)."""
 
     base_url: Optional[str] = None  # None: api.openai.com (or OPENAI_BASE_URL); e.g. http://127.0.0.1:8080/v1
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key; the key itself is never a setting

@@ -12,7 +12,7 @@ from mlxhv.datagen.ledger import Ledger, ModelUsage
 from mlxhv.datagen.plan import PlanItem, format_plan
 from mlxhv.datagen.instructions import qa_messages, writer_messages
 from mlxhv.datagen.resume import check_output, make_plan, read_done, read_stored_plan
-from mlxhv.datagen.settings import DatagenSettings, side_path
+from mlxhv.datagen.job import DatagenSettings, side_path
 from mlxhv.schema import Example
 
 

@@ -12,7 +12,7 @@ Files, next to OUT (e.g. examples.jsonl):
 - OUT.ledger.json      tokens and cost per model, summed over all runs of this plan (rewritten after each item);
 - OUT.report.json      this run's counts (rejections by domain × level and by kind, failed ids).
 
-An API failure stops the run (`pool.run_pool`): it is reported (`GenerateReport.aborted`), not raised, and what
+An API failure stops the run (`pool.run_pool`): it is reported (`DatagenReport.aborted`), not raised, and what
 was accepted stays in OUT. Ctrl-C stops it within `pool.DEFAULT_GRACE_S` seconds: the report is saved and
 printed, then KeyboardInterrupt is raised again. Either way, the same command resumes.
 """
@@ -29,14 +29,14 @@ from mlxhv.data.io import write_json_atomic
 from mlxhv.datagen.client import make_client
 from mlxhv.datagen.ledger import Ledger
 from mlxhv.datagen.pool import run_job
-from mlxhv.datagen.report import GenerateReport, format_report
+from mlxhv.datagen.run_report import DatagenReport, format_report
 from mlxhv.datagen.resume import make_plan, open_output
-from mlxhv.datagen.settings import DatagenSettings, side_path
+from mlxhv.datagen.job import DatagenSettings, side_path
 from mlxhv.datagen.worker import Recorder, process_item
 
 
 def generate_examples(settings: DatagenSettings, client=None, echo: Callable[[str], None] = print,
-                      stop: Optional[threading.Event] = None) -> GenerateReport:
+                      stop: Optional[threading.Event] = None) -> DatagenReport:
     """Run (or resume) the plan; print and return the report (see module doc for failures and Ctrl-C).
 
     `stop`, when given, lets another thread end the run early: items running finish, no new one starts."""
@@ -44,7 +44,7 @@ def generate_examples(settings: DatagenSettings, client=None, echo: Callable[[st
     _, items, fingerprint = make_plan(settings)
     done = open_output(settings, items, fingerprint)
     todo = [it for it in items if it.id not in done]
-    report = GenerateReport(planned=len(items), fingerprint=fingerprint, done_before=len(done),
+    report = DatagenReport(planned=len(items), fingerprint=fingerprint, done_before=len(done),
                             ledger=Ledger(settings.prices))
     if done:
         echo(f"{settings.out}: resuming plan {fingerprint}: {len(done)} of {len(items)} done, {len(todo)} to go")

@@ -16,7 +16,7 @@ from typing import Optional
 
 from mlxhv.data.io import DataError, LineError, OutputExists, load_records, read_records, repair_tail, write_json_atomic
 from mlxhv.datagen.plan import PlanItem, plan_examples, plan_fingerprint
-from mlxhv.datagen.settings import SIDE_FILES, DatagenSettings, side_path
+from mlxhv.datagen.job import SIDE_FILES, DatagenSettings, side_path
 from mlxhv.schema import Example, Topic
 
 

@@ -27,15 +27,15 @@ from mlxhv.datagen.client import ReplyError, call_json, redact
 from mlxhv.datagen.drafts import ExampleDraft, QAVerdict, draft_to_example, qa_accepts, qa_reasons
 from mlxhv.datagen.plan import PlanItem
 from mlxhv.datagen.instructions import qa_messages, writer_messages
-from mlxhv.datagen.report import GenerateReport, short
-from mlxhv.datagen.settings import DatagenSettings, side_path
+from mlxhv.datagen.run_report import DatagenReport, short
+from mlxhv.datagen.job import DatagenSettings, side_path
 from mlxhv.schema import Example
 
 
 class Recorder:
     """Shared state of one run: files, counters, the stop event (all writes under one lock)."""
 
-    def __init__(self, settings: DatagenSettings, report: GenerateReport, secret: Optional[str],
+    def __init__(self, settings: DatagenSettings, report: DatagenReport, secret: Optional[str],
                  stop: threading.Event):
         self.s, self.report, self.secret, self.stop = settings, report, secret, stop
         self.lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""The report of one `generate` run: counts, rejections by domain × level and by kind, cells that fail most.
+"""The report of one `mlxhv data generate` run: counts, rejections by domain × level and by kind, cells that fail most.
 
 It is saved as OUT.report.json and printed at the end of every run (interrupted or stopped ones too).
 """
@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mlxhv.datagen.ledger import Ledger
-from mlxhv.datagen.settings import DatagenSettings, side_path
+from mlxhv.datagen.job import DatagenSettings, side_path
 
 HOT_CELL_RATE = 0.5  # a domain × level cell is flagged when at least this share of its attempts was rejected
 
 
 @dataclass
-class GenerateReport:
+class DatagenReport:
     """Counts of one run (`done_before` and `cumulative` cover the earlier runs of the plan too)."""
 
     planned: int
@@ -75,7 +75,7 @@ def short(text: str, limit: int = 140) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_report(report: GenerateReport, settings: DatagenSettings) -> str:
+def format_report(report: DatagenReport, settings: DatagenSettings) -> str:
     """What a person reads at the end of a run: progress, rejections by domain × level, hot cells, the ledger."""
     have = report.done_before + report.accepted
     first = f", {report.accepted_first_try} at the first attempt" if report.accepted else ""

@@ -17,7 +17,7 @@ SIDE_FILES = ("plan.json", "qa.jsonl", "rejects.jsonl", "ledger.json", "report.j
 
 @dataclass
 class DatagenSettings:
-    """Settings of one `generate` job (the CLI builds this; use it directly from Python too)."""
+    """Settings of one `mlxhv data generate` job (the CLI builds this; use it directly from Python too)."""
 
     topics: Path
     out: Path
