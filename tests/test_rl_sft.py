@@ -88,6 +88,41 @@ def test_loss_masks_the_prompt_on_a_hand_built_batch():
     np.testing.assert_allclose(loss.item(), -np.mean([logp[b, c, t] for b, c, t in with_pad]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("decision_weight", [1.0, 3.0])
+def test_the_compiled_training_step_equals_the_eager_one(decision_weight):
+    """mlx-lm's tuner compiles its step (state in and out, value_and_grad, the optimizer's update): on
+    answer_loss it must give the loss and the updated LoRA weights of the same step run eagerly."""
+    from functools import partial
+
+    import mlx.optimizers as optim
+
+    batch = make_batch([([1, 5, 6, 7, 8, 2], 3), ([1, 9, 10, 2], 2)], pad_to=4)
+    loss_fn = partial(answer_loss, decision_weight=decision_weight)
+    results = []
+    for compiled in (False, True):
+        model = tiny_model(seed=4)
+        apply_lora(model, LoRASettings(rank=4, alpha=8, num_layers=-1, keys=ALL_KEYS), seed=0)
+        opt = optim.AdamW(learning_rate=1e-2)
+        grad_fn = nn.value_and_grad(model, loss_fn)
+        state = [model.state, opt.state, mx.random.state]
+
+        def step(*b):
+            (loss, ntoks), grad = grad_fn(model, *b)
+            opt.update(model, grad)
+            return loss, ntoks
+
+        step = partial(mx.compile, inputs=state, outputs=state)(step) if compiled else step
+        losses = [step(*batch) for _ in range(2)]
+        mx.eval(state)
+        results.append(([(x.item(), n.item()) for x, n in losses], dict(tree_flatten(model.trainable_parameters()))))
+    (eager, w_eager), (comp, w_comp) = results
+    assert [n for _, n in comp] == [5, 5]
+    np.testing.assert_allclose([x for x, _ in comp], [x for x, _ in eager], rtol=1e-5)
+    assert eager[1][0] < eager[0][0]  # the step trains
+    for k in w_eager:
+        np.testing.assert_allclose(np.array(w_comp[k]), np.array(w_eager[k]), atol=1e-5, err_msg=k)
+
+
 def test_a_row_without_answer_tokens_adds_no_gradient():
     """Prompt tokens are never targets: a row that is all prompt leaves loss and gradients as they were."""
     model = tiny_model(seed=2)

@@ -164,12 +164,17 @@ def answer_loss(model, batch, lengths, positions=None, trunk=None, prefix=None, 
     `decision_weight` w weighs the first answer token (t = offset; after the JSON answer prefix, the first token
     of the decision word) w times: loss = sum_t m_t c_t CE_t / sum_t m_t c_t, c_t = w at t = offset, else 1."""
     logits, tgt, mask = answer_logits(model, batch, lengths, positions, trunk, prefix, start)
+    # The mask is summed once and the sum reused (as mlx-lm's default_loss does): under mx.compile (mlx-lm's
+    # training step) mlx 0.32.4 fails with `IndexError: _Map_base::at` on a graph that sums the same mask twice.
     ntoks = mask.sum()
     if decision_weight != 1.0:
         t = (positions if positions is not None else mx.arange(batch.shape[1] - 1)[None]) + 1  # predicted token
-        mask = mask * mx.where(t == lengths[:, 0:1], decision_weight, 1.0)
-    ce = nn.losses.cross_entropy(logits, tgt) * mask
-    return ce.sum() / mask.sum(), ntoks
+        weights = mask * mx.where(t == lengths[:, 0:1], decision_weight, 1.0)
+        total = weights.sum()
+    else:
+        weights, total = mask, ntoks
+    ce = nn.losses.cross_entropy(logits, tgt) * weights
+    return ce.sum() / total, ntoks
 
 
 def decision_tokens(tokenizer, answer_prefix: str) -> tuple[int, dict[str, int]] | None:
