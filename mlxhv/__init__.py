@@ -2,10 +2,11 @@
 
 The entry points a user needs, importable from here (each is loaded on first use, so `import mlxhv` stays light):
 
-    from mlxhv import Judge, load, evaluate, EvalSettings, load_examples
-    from mlxhv.paths import shipped_adapter
-    judge = Judge.load("smollm2-135m", adapter=str(shipped_adapter()))   # the shipped judge
+    from mlxhv import Judge
+    judge = Judge.load("smollm2-135m", adapter="smollm2-135m-judge")   # the shipped judge, by name
     prediction = judge.judge("hypothesis …", [{"source": "…", "content": "…", "relevance": 0.9}])
+
+docs/api.md has one example for each name below.
 """
 
 __version__ = "0.1.0"
@@ -26,7 +27,7 @@ _EXPORTS = {
     "Example": ("mlxhv.schema", "Example", "One labelled case: hypothesis, evidence, expected decision."),
     "Evidence": ("mlxhv.schema", "Evidence", "One piece of evidence: source, content, relevance."),
     "Prediction": ("mlxhv.schema", "Prediction", "A judge's answer: decision, confidence, refined hypothesis."),
-    "RLSettings": ("mlxhv.rl.trainer", "RLSettings", "The settings of one RL run (PPO or GRPO)."),
+    "RLSettings": ("mlxhv.rl.settings", "RLSettings", "The settings of one RL run (PPO or GRPO)."),
     "train_rl": ("mlxhv.rl.trainer", "train", "Train a LoRA adapter with PPO or GRPO."),
     "SFTSettings": ("mlxhv.rl.sft", "SFTSettings", "The settings of one supervised LoRA run."),
     "train_sft": ("mlxhv.rl.sft", "train_sft", "Supervised LoRA warm start on the gold answers."),

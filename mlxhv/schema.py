@@ -89,7 +89,7 @@ class Prediction(_Strict):
     truncated: bool = False  # stopped by the token budget, not by EOS
     latency_s: float = 0.0
     # The model's own probability of the decision word: exp(Σ log p) over the generated tokens that spell it,
-    # under the distribution they were drawn from (mlxhv.eval.tokenprob); None when unknown (older files).
+    # under the distribution they were drawn from (mlxhv.answer); None when unknown (older files).
     decision_prob: Optional[float] = Field(default=None, ge=0.0, le=1.0)
 
     @property

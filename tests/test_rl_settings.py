@@ -114,3 +114,16 @@ def test_the_shipped_adapter_by_name(tmp_path, monkeypatch):
     s = RLSettings(init_adapter="smollm2-135m-judge")
     apply_adapter_prompt(s, tmp_path / "run")
     assert s.answer_prefix == JSON_ANSWER_PREFIX  # the shipped judge_prompt.json
+
+
+def test_nested_settings_given_as_dicts_are_built_or_refused():
+    from mlxhv.rl.lora import LoRASettings
+    from mlxhv.rl.sft import SFTSettings
+
+    s = RLSettings(lora={"rank": 4, "alpha": 8}, loss={"clip_range": 0.1})
+    assert s.lora == LoRASettings(rank=4, alpha=8) and s.loss.clip_range == 0.1
+    assert SFTSettings(lora={"rank": 4, "num_layers": 2}).lora == LoRASettings(rank=4, num_layers=2)
+    with pytest.raises(SettingsError, match="lora: unknown setting.*bogus"):
+        RLSettings(lora={"rank": 4, "bogus": 1})
+    with pytest.raises(SettingsError, match="lora: unknown setting.*bogus"):
+        SFTSettings(lora={"bogus": 1})

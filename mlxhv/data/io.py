@@ -136,9 +136,11 @@ def load_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True
 
 
 def load_examples(path: PathLike) -> list:
+    """The Examples of a JSONL file; `path` may name a shipped dataset (`data/holdout.jsonl`) from any folder."""
+    from mlxhv.paths import resolve_path
     from mlxhv.schema import Example
 
-    return load_records(path, Example)
+    return load_records(resolve_path(path), Example)
 
 
 def _dump(rec: Any) -> str:

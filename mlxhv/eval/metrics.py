@@ -25,7 +25,7 @@ Conventions (one place, used everywhere):
 - The *returned* confidence, `Prediction.confidence` (`ece_returned`, `brier_returned`, `auroc_returned`), is
   the decision-token probability where known, else the stated number (mlxhv.answer).
 - Two confidences are scored: the *stated* one (`ece`, `brier`, `auroc`) and the model's own probability of its
-  decision word, `Prediction.decision_prob` (`ece_token`, `brier_token`, `auroc_token`; mlxhv.eval.tokenprob),
+  decision word, `Prediction.decision_prob` (`ece_token`, `brier_token`, `auroc_token`; mlxhv.answer),
   with the same conventions (INVALID or unknown → 0). `better_calibrated` names the one with the lower ECE.
 - Per predicted class (`by_predicted_class`): the examples the judge labelled k, their accuracy (= precision of
   k), mean confidences, ECEs and reliability bins — calibration of "when it says k with q, is it right q of the

@@ -164,7 +164,7 @@ def load(name_or_path: str = "smollm2-135m", precision: str = "auto", adapter_pa
          memory_check: bool = True, **kw):
     """Load (model, TokenizerWrapper) with mlx-lm at `precision` (auto | quantized | float32 | bfloat16).
 
-    `adapter_path`: an mlx-lm LoRA adapter directory, applied after the precision change. Extra keyword
+    `adapter_path`: an mlx-lm LoRA adapter directory (or a shipped adapter's name), applied after the precision change. Extra keyword
     arguments go to `mlx_lm.load` (e.g. `tokenizer_config`). Raises ModelLoadError with a message for the user.
     """
     import mlx_lm
@@ -192,8 +192,10 @@ def load(name_or_path: str = "smollm2-135m", precision: str = "auto", adapter_pa
     except (ValueError, FileNotFoundError) as e:
         raise ModelLoadError(f"{res.name}: mlx-lm could not load {res.path}: {e}") from e
     apply_precision(model, resolved)
-    if adapter_path is not None:
-        model = load_adapters(model, str(adapter_path))
+    if adapter_path is not None:  # a path, or a shipped adapter's name (`smollm2-135m-judge`)
+        from mlxhv.paths import resolve_path
+
+        model = load_adapters(model, str(resolve_path(adapter_path)))
         model.eval()
     # Plain attribute (not a parameter): what `mlxhv doctor`, reports and benchmarks print.
     object.__setattr__(model, "mlxhv_info", {"name": res.name, "path": str(res.path), "precision": resolved})

@@ -88,6 +88,8 @@ class RLSettings:
     def __post_init__(self):
         from mlxhv.prompts import resolve_answer_prefix
 
+        build_nested(self, {"lora": LoRASettings, "loss": PPOLossSettings, "reward": RewardSettings,
+                            "grpo": GRPOSettings})
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
         if self.kl_reference not in ("init", "base"):
             raise SettingsError(f"kl_reference must be 'init' or 'base', not {self.kl_reference!r}")
@@ -122,16 +124,25 @@ class RLSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLSettings":
-        nested = {"lora": LoRASettings, "loss": PPOLossSettings, "reward": RewardSettings, "grpo": GRPOSettings}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise SettingsError(f"unknown RL setting(s): {', '.join(sorted(unknown))}")
-        try:
-            kw = {k: (nested[k](**v) if k in nested and isinstance(v, dict) else v) for k, v in d.items()}
-            return cls(**kw)
-        except TypeError as e:
-            raise SettingsError(str(e)) from None
+        return cls(**d)
+
+
+def build_nested(settings, nested: dict) -> None:
+    """Turn the nested settings given as dicts (`lora={"rank": 8}`) into their dataclasses, in place; an unknown
+    key is a SettingsError naming the field."""
+    for name, cls in nested.items():
+        value = getattr(settings, name)
+        if isinstance(value, dict):
+            names = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - names)
+            if unknown:
+                raise SettingsError(f"{name}: unknown setting(s) {', '.join(unknown)}; known: "
+                                    f"{', '.join(sorted(names))}")
+            setattr(settings, name, cls(**value))
 
 
 _FIELDS = {f.name: f for f in fields(RLSettings)}

@@ -52,9 +52,11 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlxhv.errors import OutputExists, SettingsError
+from mlxhv.paths import resolve_path
 from mlxhv.rl.checkpoints import latest_checkpoint, publish, restore, truncate_log, write_checkpoint
 from mlxhv.rl.curriculum import CURRICULA, Sampler, level_mix
 from mlxhv.rl.lora import LoRASettings, apply_lora
+from mlxhv.rl.settings import build_nested
 from mlxhv.rl.sft_data import (  # noqa: F401  (the dataset and loss of this job, re-exported)
     FrozenTrunk, JudgeAnswers, answer_logits, answer_loss, answer_text, common_prefix, decision_tokens,
     encode_example, make_batch,
@@ -111,11 +113,15 @@ class SFTSettings:
     def __post_init__(self):
         from mlxhv.prompts import resolve_answer_prefix
 
+        build_nested(self, {"lora": LoRASettings})
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
         if isinstance(self.train, (str, Path)):
             self.train = [str(self.train)]
         self.train = [str(p) for p in self.train]
         self.valid = [str(p) for p in ([self.valid] if isinstance(self.valid, (str, Path)) else self.valid)]
+        # paths, or the names of shipped files (data/train.jsonl) found from any folder: mlxhv.paths.resolve_path
+        self.train = [str(resolve_path(p)) for p in self.train]
+        self.valid = [str(resolve_path(p)) for p in self.valid]
         problems = []
         clash = sorted(set(self.valid) & set(self.train))
         if clash:
@@ -152,10 +158,7 @@ class SFTSettings:
         unknown = set(d) - known
         if unknown:
             raise SettingsError(f"unknown SFT setting(s): {', '.join(sorted(unknown))}")
-        kw = dict(d)
-        if isinstance(kw.get("lora"), dict):
-            kw["lora"] = LoRASettings(**kw["lora"])
-        return cls(**kw)
+        return cls(**d)
 
 
 # ---------------------------------------------------------------- checkpoints
