@@ -1,4 +1,5 @@
-"""The wheel's layout: pyproject lists every package, the CLI installs as mlxhv.cli, no top-level `cli`."""
+"""The wheel: pyproject lists every package, the CLI installs as mlxhv.cli, no top-level `cli`; the wheel alone
+judges."""
 
 from pathlib import Path
 
@@ -54,3 +55,41 @@ def test_install_script_refuses_an_old_python(tmp_path):
                        "PYTHON": str(fake)}, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert f"error: mlxhv needs Python >= 3.10; {fake} is Python 3.9.18." in r.stderr
+
+
+def test_the_wheel_alone_judges_from_an_empty_folder(tmp_path, smollm_dir):
+    """Build the wheel, install it (its code only: the dependencies are this venv's) and run `mlxhv judge` from
+    an empty folder: the shipped adapter and the CLI come from the wheel, nothing from the checkout."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("mlxhv-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert not any(n.startswith("cli/") for n in names) and "mlxhv/cli/__init__.py" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    for f in ("adapters/smollm2-135m-judge/adapters.safetensors", "adapters/smollm2-135m-judge/judge_prompt.json",
+              "data/holdout.jsonl", "data/train.jsonl", "configs/judge-sft-real.json"):
+        assert f"mlxhv/shipped/{f}" in names, f
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    (work / "in.jsonl").write_text(json.dumps({"id": "h1", "hypothesis": "Fee cuts raise repeat orders.",
+                                               "evidence": [{"source": "A/B test", "content": "Orders rose 9%.",
+                                                             "relevance": 0.9}]}) + "\n")
+    code = ("import sys, mlxhv, mlxhv.paths; print(mlxhv.__file__); "
+            "print(mlxhv.paths.resolve_path('smollm2-135m-judge')); from mlxhv.cli import main; "
+            "sys.argv = ['mlxhv', 'judge', 'in.jsonl', '-o', 'out.jsonl', '--max-tokens', '24']; main()")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    where, adapter = r.stdout.splitlines()[:2]
+    assert where.startswith(str(target)) and adapter.startswith(str(target / "mlxhv" / "shipped")), r.stdout
+    (pred,) = [json.loads(line) for line in (work / "out.jsonl").read_text().splitlines()]
+    assert pred["id"] == "h1" and pred["decision"] in ("VALIDATED", "REJECTED", "REFINED", "INVALID")
+    assert sorted(p.name for p in work.iterdir()) == ["in.jsonl", "out.jsonl", "out.jsonl.run.json"]
