@@ -56,3 +56,16 @@ def test_the_check_catches_a_wrong_option(monkeypatch):
         parse(["eval", "--data", "x.jsonl", "--no-such-option"])
     with pytest.raises(click.BadParameter):
         parse(["eval", "--batch-size", "many", "--out", "x"])
+
+
+def test_readme_python_runs_as_written(tmp_path, monkeypatch, smollm_dir):
+    """The README's Python blocks (all but the one that needs a running server) run, from an empty folder."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "OpenAI(" not in b]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md python block {i + 1}", "exec"), ns)
+    assert ns["p"].decision in ("VALIDATED", "REJECTED", "REFINED", "INVALID")
+    assert [q.id for q in ns["preds"]] == ["h1"]
+    assert len(ns["run"].predictions) == 10 and 0.0 <= ns["run"].metrics["accuracy"] <= 1.0
