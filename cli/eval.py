@@ -9,8 +9,9 @@ import click
 from mlxhv import distributed
 from mlxhv.cli.common import ShippedPath
 from mlxhv.data import load_examples
-from mlxhv.eval.evaluator import GENERATION_PRESETS, EvalSettings, load_run, paired_with_first, run_eval
+from mlxhv.eval.evaluator import EvalSettings, load_run, paired_with_first, run_eval
 from mlxhv.eval.report import format_compare, verdict
+from mlxhv.models.presets import GENERATION_PRESETS
 
 
 @click.command("eval")

@@ -6,14 +6,14 @@
     p.decision, p.confidence, p.refined_hypothesis
 
 The prompt is the one `mlxhv eval` and the PPO trainer use (`prompts.render_prompt`), and the answer goes through
-the same parser into the same `Prediction` (`eval.evaluator.completion_prediction`), so a decision here is the
+the same parser into the same `Prediction` (`answer.completion_prediction`), so a decision here is the
 decision eval reports for the same example, model and adapter.
 
 Prompt settings come from the adapter's own `judge_prompt.json` (`prompts.PromptConfig`: system prompt text,
 answer prefix, max_tokens) when it has one. A caller's `system_prompt_file` or `answer_prefix` that differs from
 the adapter's is refused (`SettingsError`) rather than silently used: the adapter was trained on its prompt.
 Without an adapter, or with one that records no prompt, the settings are eval's: built-in system prompt, no
-answer prefix, the model family's generation preset (`eval.evaluator.generation_preset`).
+answer prefix, the model family's generation preset (`models.presets.generation_preset`).
 
 A prompt that does not fit the model's context (`max_position_embeddings` of its config) with `max_tokens` of
 answer, or that is longer than `max_prompt_tokens` when set, raises `PromptTooLong` before any generation.
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mlxhv.data.io import LineError, pydantic_errors
 from mlxhv.errors import DataError, MlxhvError, SettingsError
 from mlxhv.answer import completion_prediction
-from mlxhv.eval.evaluator import generation_preset
+from mlxhv.models.presets import generation_preset
 from mlxhv.prompts import (PromptConfig, load_system_prompt, prompt_opens_think, read_prompt_config, render_prompt,
                            resolve_answer_prefix)
 from mlxhv.schema import Evidence, Prediction
@@ -402,7 +402,7 @@ def judge_file(judge: Judge, source, out=None, on_error: Optional[Callable[[Line
     import sys
 
     from mlxhv.data.io import append_jsonl, repair_tail
-    from mlxhv.eval.evaluator import read_predictions
+    from mlxhv.data.io import read_predictions
 
     done: frozenset = frozenset()
     if out is not None:

