@@ -182,7 +182,8 @@ class Judge:
     def run_info(self) -> dict:
         """What a judgements file depends on; `judge_file` stores it beside OUT and refuses to resume OUT with a
         judge that differs (as eval's run.json)."""
-        from mlxhv.eval.evaluator import adapter_sha, prompt_sha
+        from mlxhv.models.loader import adapter_sha
+        from mlxhv.prompts import prompt_sha
 
         g = self.settings
         return {"model": self.name, "adapter": self.adapter, "adapter_sha": adapter_sha(self.adapter),

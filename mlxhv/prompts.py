@@ -12,6 +12,7 @@ The answer's parser and its decision-token probability live in `mlxhv.answer`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Optional
@@ -156,3 +157,8 @@ def prompt_opens_think(tokenizer, prompt_ids: list[int]) -> bool:
     """True when the rendered prompt ends inside an open `<think>` block (QwQ's template does this)."""
     tail = tokenizer.decode(list(prompt_ids[-8:]))
     return tail.rstrip().endswith("<think>")
+
+
+def prompt_sha(system_prompt: str = SYSTEM_PROMPT) -> str:
+    """A short hash of the prompt text, so a resumed run never mixes answers to two different prompts."""
+    return hashlib.sha256((system_prompt + "\x00" + USER_TEMPLATE).encode()).hexdigest()[:12]

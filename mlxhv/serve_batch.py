@@ -404,7 +404,7 @@ class Scheduler:
 
     def _finish(self, row: Row) -> None:
         from mlxhv.engine import Completion
-        from mlxhv.eval.evaluator import completion_prediction
+        from mlxhv.answer import completion_prediction
 
         tok = self.judge.tokenizer
         c = Completion(tok.decode(row.tokens), row.tokens, row.logprobs, row.finish_reason, len(row.prompt))

@@ -371,7 +371,7 @@ def _adapter(tmp_path, **kw):
 
 
 def test_adapter_prompt_settings_apply_unless_set(tmp_path):
-    from mlxhv.eval.evaluator import prompt_sha
+    from mlxhv.prompts import prompt_sha
 
     exs = synth_examples(3, seed=1)
     adapter = _adapter(tmp_path, system_prompt="Adapter prompt.", answer_prefix='{"decision": "', max_tokens=7)
@@ -416,7 +416,7 @@ def test_adapter_prompt_settings_apply_unless_set(tmp_path):
 
 def test_adapter_without_prompt_settings_and_system_prompt_text(tmp_path):
     from mlxhv.errors import ModelLoadError, SettingsError
-    from mlxhv.eval.evaluator import prompt_sha
+    from mlxhv.prompts import prompt_sha
 
     bare = tmp_path / "bare"  # an adapter made by mlx_lm.lora records no prompt: eval's defaults
     bare.mkdir()

@@ -92,7 +92,7 @@ def test_decision_prob_matches_a_separate_forward_pass(smollm):
 def test_cli_eval_applies_the_adapter_prompt_settings_offline(smollm_dir, tmp_path, monkeypatch):
     import socket
 
-    from mlxhv.eval.evaluator import prompt_sha
+    from mlxhv.prompts import prompt_sha
     from mlxhv.models import load
     from mlxhv.prompts import JSON_ANSWER_PREFIX, PromptConfig, write_prompt_config
     from mlxhv.rl.lora import LoRASettings, apply_lora, save_adapters

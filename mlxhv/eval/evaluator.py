@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -36,9 +35,10 @@ from mlxhv.data.io import append_jsonl, iter_jsonl, read_predictions, repair_tai
 from mlxhv.errors import EvalError, SettingsError  # noqa: F401  (raised here, re-exported)
 from mlxhv.eval.metrics import compute_metrics, correctness, paired_outcomes
 from mlxhv.answer import completion_prediction
+from mlxhv.models.loader import adapter_sha
 from mlxhv.models.presets import GENERATION_PRESETS, generation_preset  # noqa: F401  (re-exported)
-from mlxhv.prompts import (SYSTEM_PROMPT, USER_TEMPLATE, load_system_prompt, prompt_opens_think, read_prompt_config,
-                           render_prompt, resolve_answer_prefix)
+from mlxhv.prompts import (SYSTEM_PROMPT, load_system_prompt, prompt_opens_think, prompt_sha,
+                           read_prompt_config, render_prompt, resolve_answer_prefix)
 from mlxhv.schema import Example, Prediction
 
 PREDICTIONS = "predictions.jsonl"
@@ -52,29 +52,6 @@ RELIABILITY_PNG = "reliability.png"
 # `adapter_sha` hashes the adapter's files, so retraining into the same folder never resumes the old answers.
 RESUME_KEYS = ("model", "precision", "adapter_path", "adapter_sha", "max_tokens", "temperature", "top_p", "seed",
                "answer_prefix", "prompt_sha")
-
-
-def adapter_sha(adapter_path) -> Optional[str]:
-    """A short sha256 over an adapter directory's files (weights, config, prompt settings), in name order; None
-    without an adapter. What the predictions depend on is the weights, not the folder's name."""
-    if not adapter_path:
-        return None
-    d = Path(adapter_path)
-    if not d.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(d.glob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".json", ".npz"):
-            h.update(f.name.encode() + b"\x00")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def prompt_sha(system_prompt: str = SYSTEM_PROMPT) -> str:
-    """A short hash of the prompt text, so a resumed run never mixes answers to two different prompts."""
-    return hashlib.sha256((system_prompt + "\x00" + USER_TEMPLATE).encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from mlxhv.paths import cache_dir
 from mlxhv.models import memory
@@ -164,8 +165,9 @@ def load(name_or_path: str = "smollm2-135m", precision: str = "auto", adapter_pa
          memory_check: bool = True, **kw):
     """Load (model, TokenizerWrapper) with mlx-lm at `precision` (auto | quantized | float32 | bfloat16).
 
-    `adapter_path`: an mlx-lm LoRA adapter directory (or a shipped adapter's name), applied after the precision change. Extra keyword
-    arguments go to `mlx_lm.load` (e.g. `tokenizer_config`). Raises ModelLoadError with a message for the user.
+    `adapter_path`: an mlx-lm LoRA adapter directory (or a shipped adapter's name), applied after the precision
+    change. Extra keyword arguments go to `mlx_lm.load` (e.g. `tokenizer_config`). Raises ModelLoadError with a
+    message for the user.
     """
     import mlx_lm
     from mlx_lm.tuner.utils import load_adapters
@@ -201,3 +203,20 @@ def load(name_or_path: str = "smollm2-135m", precision: str = "auto", adapter_pa
     object.__setattr__(model, "mlxhv_info", {"name": res.name, "path": str(res.path), "precision": resolved})
     return model, tokenizer
 
+
+def adapter_sha(adapter_path) -> Optional[str]:
+    """A short sha256 over an adapter directory's files (weights, config, prompt settings), in name order; None
+    without an adapter. What the predictions depend on is the weights, not the folder's name."""
+    if not adapter_path:
+        return None
+    d = Path(adapter_path)
+    if not d.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(d.glob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".json", ".npz"):
+            h.update(f.name.encode() + b"\x00")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
