@@ -402,8 +402,7 @@ def judge_file(judge: Judge, source, out=None, on_error: Optional[Callable[[Line
     so a rerun after a kill leaves exactly one line per record."""
     import sys
 
-    from mlxhv.data.io import append_jsonl, repair_tail
-    from mlxhv.data.io import read_predictions
+    from mlxhv.data.io import append_jsonl, read_predictions, repair_tail
 
     done: frozenset = frozenset()
     if out is not None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TextIO, Union
 from pydantic import BaseModel, ValidationError
 
 from mlxhv.errors import DataError, OutputExists  # noqa: F401  (raised here, re-exported)
+from mlxhv.paths import resolve_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -137,7 +138,6 @@ def load_records(path: PathLike, model: type[BaseModel], unique_ids: bool = True
 
 def load_examples(path: PathLike) -> list:
     """The Examples of a JSONL file; `path` may name a shipped dataset (`data/holdout.jsonl`) from any folder."""
-    from mlxhv.paths import resolve_path
     from mlxhv.schema import Example
 
     return load_records(resolve_path(path), Example)

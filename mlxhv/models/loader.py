@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mlxhv.paths import cache_dir
+from mlxhv.paths import cache_dir, resolve_path
 from mlxhv.models import memory
 from mlxhv.errors import ModelLoadError
 from mlxhv.models.gguf import convert_gguf, model_config, read_header
@@ -195,8 +195,6 @@ def load(name_or_path: str = "smollm2-135m", precision: str = "auto", adapter_pa
         raise ModelLoadError(f"{res.name}: mlx-lm could not load {res.path}: {e}") from e
     apply_precision(model, resolved)
     if adapter_path is not None:  # a path, or a shipped adapter's name (`smollm2-135m-judge`)
-        from mlxhv.paths import resolve_path
-
         model = load_adapters(model, str(resolve_path(adapter_path)))
         model.eval()
     # Plain attribute (not a parameter): what `mlxhv doctor`, reports and benchmarks print.

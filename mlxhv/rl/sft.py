@@ -115,13 +115,9 @@ class SFTSettings:
 
         build_nested(self, {"lora": LoRASettings})
         self.answer_prefix = resolve_answer_prefix(self.answer_prefix)
-        if isinstance(self.train, (str, Path)):
-            self.train = [str(self.train)]
-        self.train = [str(p) for p in self.train]
-        self.valid = [str(p) for p in ([self.valid] if isinstance(self.valid, (str, Path)) else self.valid)]
-        # paths, or the names of shipped files (data/train.jsonl) found from any folder: mlxhv.paths.resolve_path
-        self.train = [str(resolve_path(p)) for p in self.train]
-        self.valid = [str(resolve_path(p)) for p in self.valid]
+        # one file or several; paths, or the names of shipped files (data/train.jsonl) found from any folder
+        self.train, self.valid = ([str(resolve_path(p)) for p in ([v] if isinstance(v, (str, Path)) else v)]
+                                  for v in (self.train, self.valid))
         problems = []
         clash = sorted(set(self.valid) & set(self.train))
         if clash:

@@ -324,10 +324,9 @@ def train(settings: RLSettings, resume: bool = False, progress: bool = True, tas
     apply_adapter_prompt(s, out)
     system_prompt = load_system_prompt(s.system_prompt_file)  # a bad file fails before the model loads
     model, tokenizer = load(s.model, precision=s.precision)
-    holdout = load_examples(resolve_path(s.holdout))[: s.eval_limit] if s.holdout else []
+    holdout = load_examples(s.holdout)[: s.eval_limit] if s.holdout else []  # paths or shipped names
     if task is None:
-        train_files = [str(resolve_path(t)) for t in ([s.train] if isinstance(s.train, str) else s.train)]
-        examples = load_training_sets(train_files, s.synth, s.synth_seed, exclude=holdout)
+        examples = load_training_sets(s.train, s.synth, s.synth_seed, exclude=holdout)
         task = JudgeTask.build(examples, tokenizer, system_prompt, s.answer_prefix, s.reward, s.balance_classes,
                                s.curriculum, s.curriculum_ramp, s.steps)
     state = init_state(model, tokenizer, s)
